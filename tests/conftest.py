@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import project_dir, tinytownd
+
+FAST_SUPERVISOR = """
+[supervisor]
+health_interval = 0.1
+health_timeout = 0.5
+health_failures = 2
+"""
+
+
+@pytest.fixture
+def tmp(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A short temp dir: unix socket paths must stay under 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="tt-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def project(tmp: Path) -> Iterator[Path]:
+    """A project directory whose daemon (if any) is always stopped afterwards."""
+    with project_dir(tmp, config=f'name = "demo"\n{FAST_SUPERVISOR}') as root:
+        yield root
+
+
+@pytest.fixture
+def town(project: Path) -> Path:
+    """A running town (daemon + Redis) in ``project``."""
+    result = tinytownd("start", "--dir", str(project))
+    assert result.returncode == 0, result.stderr
+    return project

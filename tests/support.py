@@ -1,0 +1,113 @@
+"""Helpers for tests that run real tinytownd daemons and redis-server processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from tinytownd.paths import ProjectPaths
+
+
+def tinytownd(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+    user: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user would, in a child process."""
+    command = [sys.executable, "-m", "tinytownd", *args]
+    if user:
+        command = ["runuser", "-u", user, "--", *command]
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def status(root: Path) -> dict[str, Any]:
+    result = tinytownd("status", "--json", "--dir", str(root))
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def client(root: Path, **kwargs: Any) -> redis.Redis:
+    return redis.Redis(unix_socket_path=str(ProjectPaths.of(root).client_socket), **kwargs)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.RedisError, OSError, ValueError, KeyError):
+            value = predicate()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def serving_pid(root: Path) -> int:
+    """Wait until Redis answers and return its pid."""
+    return int(
+        wait_until(
+            lambda: client(root, socket_timeout=1).info("server")["process_id"],
+            what="redis to answer",
+        )
+    )
+
+
+def processes_of(root: Path) -> list[psutil.Process]:
+    """Every daemon or redis-server that belongs to the project at ``root``."""
+    found = []
+    marker = str(root)
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            cwd = proc.info["cwd"] or ""
+            if proc.pid != os.getpid() and (marker in cmdline or cwd.startswith(marker)):
+                found.append(proc)
+    return found
+
+
+def kill_everything(root: Path) -> None:
+    """Last-resort cleanup: SIGCONT (for SIGSTOP tests) and SIGKILL all our processes."""
+    for proc in processes_of(root):
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+    psutil.wait_procs(processes_of(root), timeout=5)
+
+
+@contextlib.contextmanager
+def project_dir(base: Path, name: str = "town", config: str | None = None) -> Iterator[Path]:
+    root = base / name
+    root.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (root / "tinytown.toml").write_text(config)
+    try:
+        yield root
+    finally:
+        with contextlib.suppress(Exception):
+            tinytownd("stop", "--dir", str(root), timeout=30)
+        kill_everything(root)
+        ProjectPaths.of(root).unlink_socket_link()
+
+
+def redis_cli() -> str | None:
+    return shutil.which("redis-cli")

@@ -1,0 +1,127 @@
+"""tinytown.toml: defaults, validation and the CLI's answers to bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from support import tinytownd
+
+from tinytownd import config
+from tinytownd.errors import ConfigError
+
+
+def test_the_documented_default_file_matches_the_built_in_defaults() -> None:
+    shipped = resources.files("tinytownd.data").joinpath("tinytown.toml").read_text()
+    loaded = config.from_mapping(tomllib.loads(shipped), default_name="x")
+    assert loaded == config.Config(name="x")
+
+
+def test_name_defaults_to_the_directory(tmp: Path) -> None:
+    (tmp / "my-town").mkdir()
+    assert config.load(tmp / "my-town").name == "my-town"
+
+
+def test_written_config_reads_back_identically(tmp: Path) -> None:
+    original = config.Config(name="t").replace("persistence.appendonly", True)
+    config.save(tmp, original)
+    assert config.load(tmp) == original
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('nmae = "x"', "tinytown.toml:1: unknown key 'nmae' (did you mean 'name'?)"),
+        (
+            '[persistence]\nappendfsnc = "always"',
+            "tinytown.toml:2: unknown key 'persistence.appendfsnc' (did you mean 'appendfsync'?)",
+        ),
+        (
+            "[persistence]\nappendonly = 1",
+            "tinytown.toml:2: persistence.appendonly: expected bool, got int 1",
+        ),
+        (
+            '[persistence]\nappendfsync = "sometimes"',
+            "tinytown.toml:2: persistence.appendfsync: 'sometimes' is not one of always, everysec",
+        ),
+        ('name = "a:b"', "tinytown.toml:1: invalid town name 'a:b'"),
+        (
+            "[supervisor]\nmax_restarts = 0",
+            "tinytown.toml:2: supervisor.max_restarts: must be at least 1",
+        ),
+        ('[persistence]\nsave = "60"', "tinytown.toml:2: persistence.save: expected pairs"),
+        ("[persistence", "tinytown.toml: Expected ']'"),
+        ("persistence = 3", "tinytown.toml:1: persistence: expected a [persistence] table"),
+    ],
+)
+def test_bad_config_is_one_line_naming_file_line_and_key_exit_2(
+    tmp: Path, text: str, message: str
+) -> None:
+    (tmp / "tinytown.toml").write_text(text)
+    result = tinytownd("start", "--dir", str(tmp))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert message in lines[0]
+    assert not (tmp / ".tt").exists()  # nothing started
+    assert not (tmp / "redis.sock").exists()
+
+
+@pytest.mark.parametrize("name", ["a b", "a:b", "a*", "a?", "a[b", ""])
+def test_unsafe_town_names_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="invalid town name"):
+        config.Config(name="ok").replace("name", name)
+
+
+def test_directory_name_that_is_not_a_town_name_asks_for_name(tmp: Path) -> None:
+    (tmp / "my town").mkdir()
+    result = tinytownd("start", "--dir", str(tmp / "my town"))
+    assert result.returncode == 2
+    assert "set name" in result.stderr
+
+
+def test_init_writes_a_valid_config_and_gitignore(tmp: Path) -> None:
+    root = tmp / "My Project"
+    root.mkdir()
+    (root / ".gitignore").write_text("node_modules\n")
+    assert tinytownd("init", "--dir", str(root)).returncode == 0
+    assert config.load(root).name == "My-Project"
+    assert (root / ".gitignore").read_text().splitlines()[-2:] == [".tt/", "redis.sock"]
+    again = tinytownd("init", "--dir", str(root))
+    assert again.returncode == 2 and "--force" in again.stderr
+
+
+def test_config_set_rejects_a_bad_value_and_leaves_the_file_alone(tmp: Path) -> None:
+    (tmp / "tinytown.toml").write_text('name = "t"\n')
+    result = tinytownd("config", "set", "persistence.appendfsync", "sometimes", "--dir", str(tmp))
+    assert result.returncode == 2
+    assert (tmp / "tinytown.toml").read_text() == 'name = "t"\n'
+    unknown = tinytownd("config", "get", "persistence.apendonly", "--dir", str(tmp))
+    assert unknown.returncode == 2
+    assert "did you mean 'persistence.appendonly'" in unknown.stderr
+
+
+def test_config_get_prints_every_key(tmp: Path) -> None:
+    result = tinytownd("config", "get", "--json", "--dir", str(tmp))
+    assert set(config.all_keys()) <= set(__import__("json").loads(result.stdout))
+
+
+def test_bad_cli_arguments_exit_2() -> None:
+    assert tinytownd("start", "--appendfsync", "sometimes").returncode == 2
+    assert tinytownd("frobnicate").returncode == 2
+
+
+def test_redis_server_from_env_must_be_runnable(tmp: Path) -> None:
+    result = tinytownd("start", "--dir", str(tmp), env={"TINYTOWN_REDIS_SERVER": "/nonexistent"})
+    assert result.returncode == 1
+    assert (
+        "/nonexistent (from $TINYTOWN_REDIS_SERVER) is not a runnable redis-server" in result.stderr
+    )
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.Config(name="t").name = "u"  # type: ignore[misc]

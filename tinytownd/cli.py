@@ -1,0 +1,293 @@
+"""``tinytownd``: the command line. Only this module prints or picks exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import config as config_module
+from . import control
+from .config import APPENDFSYNC, Config
+from .errors import ConfigError, TinytownError
+from .paths import ProjectPaths
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Handler] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name] = handler
+        return handler
+
+    return register
+
+
+def _project(args: argparse.Namespace) -> tuple[ProjectPaths, Config]:
+    paths = ProjectPaths.of(args.dir)
+    if not paths.root.is_dir():
+        raise ConfigError(f"{paths.root} is not a directory")
+    return paths, config_module.load(paths.root)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+# -- daemon ------------------------------------------------------------------
+
+
+@command("init")
+def cmd_init(args: argparse.Namespace) -> int:
+    paths = ProjectPaths.of(args.dir)
+    if paths.config.exists() and not args.force:
+        raise ConfigError(f"{paths.config} already exists; use --force to overwrite it")
+    name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", paths.root.name).strip("-") or "town"
+    config = Config(name="x").replace("name", name)
+    try:
+        written = config_module.save(paths.root, config)
+    except OSError as err:
+        raise ConfigError(f"cannot write {paths.config}: {err.strerror}") from None
+    _ensure_gitignore(paths.root / ".gitignore")
+    print(f"wrote {written} (town {name!r})")
+    return 0
+
+
+def _ensure_gitignore(path: Path) -> None:
+    wanted = [".tt/", "redis.sock"]
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    missing = [entry for entry in wanted if entry not in lines]
+    if missing:
+        with open(path, "a", encoding="utf-8") as out:
+            if lines and lines[-1].strip():
+                out.write("\n")
+            out.write("# tinytownd: runtime state and socket\n" + "\n".join(missing) + "\n")
+
+
+def _override_args(args: argparse.Namespace) -> list[str]:
+    extra = ["--aof"] if args.aof else []
+    return extra + (["--appendfsync", args.appendfsync] if args.appendfsync else [])
+
+
+@command("start")
+def cmd_start(args: argparse.Namespace) -> int:
+    paths, config = _project(args)
+    if config.remote_url:
+        print(
+            f"town {config.name!r} uses the Redis at {control._redact(config.remote_url)} "
+            "(redis.url / TINYTOWN_REDIS_URL / REDIS_URL): nothing local to supervise"
+        )
+        return 0
+    if args.foreground:
+        return _run_foreground(args, paths, config)
+    pid, already = control.start(paths, config, _override_args(args))
+    state = "already running" if already else "started"
+    print(f"tinytownd {state} (pid {pid}); Redis on {paths.socket}")
+    return 0
+
+
+def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Config) -> int:
+    from .supervisor import Supervisor
+
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s tinytownd[%(process)d] %(message)s",
+    )
+    import os
+
+    os.umask(0o077)
+
+    def override(persistence: config_module.Persistence) -> config_module.Persistence:
+        return dataclasses.replace(
+            persistence,
+            appendonly=persistence.appendonly or args.aof,
+            appendfsync=args.appendfsync or persistence.appendfsync,
+        )
+
+    return Supervisor(paths, config, override).run()
+
+
+@command("stop")
+def cmd_stop(args: argparse.Namespace) -> int:
+    paths, config = _project(args)
+    print(f"town {config.name!r}: {control.stop(paths, config)}")
+    return 0
+
+
+@command("restart")
+def cmd_restart(args: argparse.Namespace) -> int:
+    cmd_stop(args)
+    return cmd_start(args)
+
+
+@command("status")
+def cmd_status(args: argparse.Namespace) -> int:
+    paths, config = _project(args)
+    report = control.status(paths, config)
+    rows = [
+        ("town", report["town"]),
+        (
+            "state",
+            report["state"]
+            + (
+                ""
+                if report["supervised"] or report["state"] != "running"
+                else " (unsupervised: run `tinytownd start` to adopt it)"
+            ),
+        ),
+        ("socket", report["socket"]),
+        ("daemon pid", report["daemon_pid"] or "-"),
+        ("redis pid", report["redis_pid"] or "-"),
+        (
+            "redis",
+            f"{report['redis_version'] or '?'} ({report['redis_binary'] or '?'}, "
+            f"{report['redis_binary_source'] or '?'})",
+        ),
+        ("restarts", report["restarts"]),
+    ]
+    if report.get("remote_url"):
+        rows.append(("remote", report["remote_url"]))
+    persistence = report["persistence"]
+    if persistence:
+        aof = (
+            f"on, appendfsync {persistence['appendfsync']}, last write "
+            f"{persistence['aof_last_write_status']}"
+            if persistence["aof_enabled"]
+            else "off"
+        )
+        rows += [
+            (
+                "rdb",
+                f"save {persistence['save']!r}; last save {persistence['rdb_last_save']} "
+                f"({persistence['rdb_last_bgsave_status']}), "
+                f"{persistence['rdb_changes_since_last_save']} changes since",
+            ),
+            ("aof", aof),
+        ]
+    if report["last_exit"]:
+        rows.append(("last exit", report["last_exit"]))
+    if report["failure"]:
+        rows.append(("failure", report["failure"]))
+    text = "\n".join(f"{key:<11} {value}" for key, value in rows)
+    if report["log_tail"] and (report["failure"] or report["last_exit"]):
+        text += "\nredis log:\n" + "\n".join(f"  {line}" for line in report["log_tail"])
+    _emit(args, report, text)
+    return 1 if report["state"] == "failed" else 0
+
+
+@command("logs")
+def cmd_logs(args: argparse.Namespace) -> int:
+    paths, _ = _project(args)
+    path = paths.redis_log if args.redis else paths.daemon_log
+    if not path.exists():
+        print(f"no log yet at {path}")
+        return 0
+    with open(path, "rb") as log:
+        lines = log.read().decode("utf-8", "replace").splitlines()[-args.lines :]
+        print("\n".join(lines))
+        while args.follow:
+            chunk = log.read()
+            if chunk:
+                sys.stdout.write(chunk.decode("utf-8", "replace"))
+                sys.stdout.flush()
+            else:
+                time.sleep(0.25)
+    return 0
+
+
+@command("config")
+def cmd_config(args: argparse.Namespace) -> int:
+    paths, config = _project(args)
+    if args.action == "get":
+        keys = [args.key] if args.key else config_module.all_keys()
+        values = {key: config.get(key) for key in keys}
+        text = "\n".join(
+            f"{key} = {json.dumps(value)}" if len(keys) > 1 else str(json.dumps(value))
+            for key, value in values.items()
+        )
+        _emit(args, values if len(keys) > 1 else values[keys[0]], text)
+        return 0
+    if not args.key or args.value is None:
+        raise ConfigError("usage: tinytownd config set KEY VALUE")
+    updated = config.replace(args.key, config_module.parse_value(args.key, args.value))
+    config_module.save(paths.root, updated)
+    applied = not updated.remote_url and control.apply_live(paths, updated)
+    print(
+        f"{args.key} = {json.dumps(updated.get(args.key))}"
+        + (" (applied to the running town)" if applied else "")
+    )
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dir",
+        default=".",
+        metavar="DIR",
+        help="project directory (default: the current directory)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="tinytownd",
+        description="Run and use a Tinytown town: a supervised Redis on ./redis.sock.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+
+    p = add("init", "write tinytown.toml (and .gitignore entries) in the project directory")
+    p.add_argument("--name", help="town name (default: the directory name)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing tinytown.toml")
+
+    for name, help_text in (
+        ("start", "start the town's Redis under supervision"),
+        ("restart", "stop (saving), then start again"),
+    ):
+        p = add(name, help_text)
+        p.add_argument(
+            "--foreground",
+            action="store_true",
+            help="stay attached (for systemd, launchd or a terminal)",
+        )
+        p.add_argument(
+            "--aof", action="store_true", help="turn on the append-only file for this run"
+        )
+        p.add_argument("--appendfsync", choices=APPENDFSYNC, help="AOF fsync policy for this run")
+
+    add("stop", "save and stop the town's Redis")
+    p = add("status", "show the daemon, Redis and persistence state")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("logs", "show the daemon log (or Redis's)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--redis", action="store_true", help="show redis-server's log instead")
+    p.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    p = add("config", "read or change a tinytown.toml setting (applied live)")
+    p.add_argument("action", choices=("get", "set"))
+    p.add_argument("key", nargs="?", help=f"dotted key: {', '.join(config_module.all_keys())}")
+    p.add_argument("value", nargs="?", help="new value (for set)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TinytownError as err:
+        print(f"tinytownd: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130

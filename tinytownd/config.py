@@ -1,0 +1,258 @@
+"""``tinytown.toml``: the settings of one town, their defaults and their checks.
+
+The schema is the dataclasses below; loading, ``config get`` and ``config set``
+walk it, so a setting is declared exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .errors import ConfigError
+from .keys import validate_town_name
+
+CONFIG_FILE = "tinytown.toml"
+APPENDFSYNC = ("always", "everysec", "no")
+BROADCAST_SCOPES = ("global", "town")
+REDIS_DEFAULT_SAVE = "3600 1 300 100 60 10000"
+
+
+def _choices(*allowed: str) -> dict[str, Any]:
+    return {"choices": allowed}
+
+
+def _at_least(minimum: float) -> dict[str, Any]:
+    return {"min": minimum}
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    server: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class Persistence:
+    save: str = field(default=REDIS_DEFAULT_SAVE, metadata={"check": "save"})
+    appendonly: bool = False
+    appendfsync: str = field(default="everysec", metadata=_choices(*APPENDFSYNC))
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    max_restarts: int = field(default=10, metadata=_at_least(1))
+    restart_window: float = field(default=60.0, metadata=_at_least(1))
+    backoff_max: float = field(default=5.0, metadata=_at_least(0))
+    health_interval: float = field(default=1.0, metadata=_at_least(0.05))
+    health_timeout: float = field(default=1.0, metadata=_at_least(0.05))
+    health_failures: int = field(default=3, metadata=_at_least(1))
+    start_timeout: float = field(default=30.0, metadata=_at_least(1))
+    stop_timeout: float = field(default=60.0, metadata=_at_least(1))
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    broadcast: str = field(default="global", metadata=_choices(*BROADCAST_SCOPES))
+
+
+@dataclass(frozen=True)
+class Config:
+    """A town's settings. ``name`` is always resolved (from the file or the directory)."""
+
+    name: str
+    redis: RedisSettings = RedisSettings()
+    persistence: Persistence = Persistence()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    channel: ChannelSettings = ChannelSettings()
+
+    @property
+    def remote_url(self) -> str:
+        """The Redis URL to use instead of a local server, or "" for the local one."""
+        return (
+            self.redis.url
+            or os.environ.get("TINYTOWN_REDIS_URL", "")
+            or os.environ.get("REDIS_URL", "")
+        )
+
+    def get(self, key: str) -> Any:
+        """The value of a dotted key such as ``persistence.appendonly``."""
+        section, _, name = _split_key(key)
+        return getattr(getattr(self, section), name) if name else getattr(self, section)
+
+    def replace(self, key: str, value: Any) -> Config:
+        """A copy with one dotted key changed (the value is checked)."""
+        section, _, name = _split_key(key)
+        if not name:
+            return dataclasses.replace(self, name=validate_town_name(str(value)))
+        part = getattr(self, section)
+        _check_value(part, name, value, key)
+        return dataclasses.replace(self, **{section: dataclasses.replace(part, **{name: value})})
+
+
+SECTIONS: dict[str, type[Any]] = {
+    name: hint for name, hint in typing.get_type_hints(Config).items() if name != "name"
+}
+
+
+def all_keys() -> list[str]:
+    """Every dotted key a user can set, in file order."""
+    return ["name"] + [
+        f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+    ]
+
+
+def _split_key(key: str) -> tuple[str, str, str]:
+    if key not in all_keys():
+        raise ConfigError(f"unknown setting {key!r}{_suggest(key, all_keys())}")
+    return key.partition(".") if "." in key else (key, "", "")
+
+
+def _suggest(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_SAVE_SYNTAX = re.compile(r"(\d+ \d+)( \d+ \d+)*")
+
+
+_PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "bool": bool,
+    "int": int,
+    "float": (int, float),
+}
+
+
+def _check_value(part: Any, name: str, value: Any, where: str) -> None:
+    spec = next(f for f in dataclasses.fields(part) if f.name == name)
+    expected: type | tuple[type, ...] = _PYTHON_TYPES[str(spec.type)]
+    if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
+        raise ConfigError(f"{where}: expected {spec.type}, got {type(value).__name__} {value!r}")
+    meta = spec.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(meta["choices"])
+        raise ConfigError(f"{where}: {value!r} is not one of {allowed}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{where}: must be at least {meta['min']}, got {value!r}")
+    if meta.get("check") == "save" and not _SAVE_SYNTAX.fullmatch(str(value).strip() or "0 0"):
+        raise ConfigError(
+            f'{where}: expected pairs of "<seconds> <changes>" like "3600 1 300 100", '
+            f'or "" to disable snapshots; got {value!r}'
+        )
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Turn a command-line string into the type the setting ``key`` holds."""
+    current = Config(name="x").get(key)
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {text!r}")
+    if isinstance(current, int | float):
+        try:
+            return type(current)(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {text!r}") from None
+    return text
+
+
+def _line_of(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    found = pattern.search(text)
+    return text.count("\n", 0, found.start()) + 1 if found else None
+
+
+def from_mapping(
+    data: dict[str, Any], default_name: str, source: str = "", text: str = ""
+) -> Config:
+    """Build a :class:`Config` from parsed TOML, naming ``source`` and the line in errors."""
+
+    def at(leaf: str) -> str:
+        line = _line_of(text, leaf) if text else None
+        return f"{source}:{line}" if line else source
+
+    config = Config(name=default_name)
+    for top, value in data.items():
+        if top == "name":
+            if not isinstance(value, str):
+                raise ConfigError(f"{at('name')}: name: expected a string, got {value!r}")
+            try:
+                config = config.replace("name", value) if value else config
+            except ConfigError as err:
+                raise ConfigError(f"{at('name')}: {err}") from None
+            continue
+        if top not in SECTIONS:
+            raise ConfigError(f"{at(top)}: unknown key {top!r}{_suggest(top, ['name', *SECTIONS])}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{at(top)}: {top}: expected a [{top}] table")
+        names = [f.name for f in dataclasses.fields(SECTIONS[top])]
+        for leaf, leaf_value in value.items():
+            key = f"{top}.{leaf}"
+            if leaf not in names:
+                raise ConfigError(f"{at(leaf)}: unknown key {key!r}{_suggest(leaf, names)}")
+            try:
+                config = config.replace(key, leaf_value)
+            except ConfigError as err:
+                raise ConfigError(f"{at(leaf)}: {err}") from None
+    return config
+
+
+def load(project_dir: Path) -> Config:
+    """Read ``project_dir/tinytown.toml`` (optional) and resolve the town name."""
+    path = project_dir / CONFIG_FILE
+    default_name = project_dir.resolve().name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = ""
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    config = from_mapping(data, default_name="", source=str(path), text=text)
+    if config.name:
+        return config
+    try:
+        return config.replace("name", default_name)
+    except ConfigError:
+        raise ConfigError(
+            f'directory name {default_name!r} is not a valid town name; set name = "..." '
+            f"in {path} (letters, digits, '.', '_', '-')"
+        ) from None
+
+
+def to_mapping(config: Config) -> dict[str, Any]:
+    """The TOML document for ``config`` (every setting, so the file documents itself)."""
+    data: dict[str, Any] = {"name": config.name}
+    for section in SECTIONS:
+        data[section] = dataclasses.asdict(getattr(config, section))
+    return data
+
+
+def save(project_dir: Path, config: Config) -> Path:
+    """Write ``tinytown.toml`` atomically (temp file, fsync, rename)."""
+    path = project_dir / CONFIG_FILE
+    tmp = path.with_name(f".{CONFIG_FILE}.tmp")
+    with open(tmp, "wb") as out:
+        tomli_w.dump(to_mapping(config), out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    return path

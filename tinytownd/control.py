@@ -1,0 +1,224 @@
+"""Start, stop and inspect a town's daemon from another process (the CLI, ``Town``)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from . import redis_server
+from .config import Config
+from .errors import NotRunningError, StartupError
+from .paths import ProjectPaths
+from .redis_server import RedisProcess
+from .state import DaemonState, daemon_pid
+from .supervisor import EXIT_ALREADY_RUNNING
+
+
+def start(
+    paths: ProjectPaths, config: Config, extra_args: list[str] | None = None
+) -> tuple[int, bool]:
+    """Start the daemon in the background and return once Redis answers PING.
+
+    Returns ``(daemon_pid, already_running)``.
+    """
+    paths.ensure_state_dir()
+    timeout = config.supervisor.start_timeout + 10
+    running = daemon_pid(paths)
+    if running is not None:
+        _wait_for_ping(paths, timeout)
+        return daemon_pid(paths) or running, True
+    with tempfile.TemporaryDirectory(prefix="ttd-") as tmp:
+        notify_path = os.path.join(tmp, "notify")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listener.bind(notify_path)
+        with listener, open(paths.daemon_log, "ab") as log:
+            os.chmod(paths.daemon_log, 0o600)
+            daemon = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tinytownd",
+                    "start",
+                    "--foreground",
+                    "--dir",
+                    str(paths.root),
+                    *(extra_args or []),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "NOTIFY_SOCKET": notify_path},
+                start_new_session=True,
+            )
+            return _await_ready(daemon, listener, paths, timeout)
+
+
+def _await_ready(
+    daemon: subprocess.Popen[bytes], listener: socket.socket, paths: ProjectPaths, timeout: float
+) -> tuple[int, bool]:
+    status = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([listener], [], [], 0.05)[0]:
+            fields = dict(
+                line.split("=", 1)
+                for line in listener.recv(4096).decode().splitlines()
+                if "=" in line
+            )
+            status = fields.get("STATUS", status)
+            if fields.get("READY") == "1":
+                return daemon.pid, False
+        code = daemon.poll()
+        if code == EXIT_ALREADY_RUNNING:
+            _wait_for_ping(paths, deadline - time.monotonic())
+            return daemon_pid(paths) or 0, True
+        if code is not None:
+            detail = status.removeprefix("failed: ") or f"see {paths.daemon_log}"
+            raise StartupError(f"tinytownd could not start: {detail}")
+    daemon.terminate()
+    raise StartupError(
+        f"tinytownd did not become ready within {timeout:g}s; see {paths.daemon_log}"
+    )
+
+
+def _wait_for_ping(paths: ProjectPaths, timeout: float) -> None:
+    client = redis_server.connect(paths, timeout=1.0)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"tinytownd is running but Redis does not answer on {paths.socket}; "
+                        "see `tinytownd status`"
+                    ) from None
+                time.sleep(0.02)
+    finally:
+        client.close()
+
+
+def stop(paths: ProjectPaths, config: Config) -> str:
+    """Stop the daemon (Redis saves first); returns what happened, for a person."""
+    timeout = config.supervisor.stop_timeout + 15
+    pid = daemon_pid(paths)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        try:
+            psutil.Process(pid).wait(timeout)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired:
+            raise StartupError(f"tinytownd (pid {pid}) did not stop within {timeout:g}s") from None
+        return f"stopped (daemon pid {pid})"
+    redis_pid = redis_server.identify(paths)
+    if redis_pid is None:
+        return "not running"
+    process = RedisProcess(redis_pid)
+    try:
+        client = redis_server.connect(paths, timeout=config.supervisor.stop_timeout)
+        outcome = redis_server.shutdown(client, process, config.supervisor.stop_timeout)
+    finally:
+        process.close()
+    return f"unsupervised redis-server (pid {redis_pid}) {outcome}"
+
+
+def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
+    """Everything ``tinytownd status`` shows, as plain data."""
+    recorded = DaemonState.load(paths)
+    pid = daemon_pid(paths)
+    report: dict[str, Any] = asdict(recorded)
+    report.update(
+        town=config.name,
+        dir=str(paths.root),
+        socket=str(paths.socket),
+        daemon_pid=pid,
+        supervised=pid is not None,
+        persistence=None,
+    )
+    if config.remote_url:
+        report.update(state="remote", remote_url=_redact(config.remote_url))
+        return report
+    if pid is None:
+        report["state"] = "failed" if recorded.state == "failed" else "stopped"
+        report["redis_pid"] = None
+    try:
+        live = _live(paths)
+    except NotRunningError:
+        return report
+    report.update(live)
+    if pid is None:
+        report["state"] = "running"  # Redis outlived its daemon; `tinytownd start` adopts it
+    return report
+
+
+def _live(paths: ProjectPaths) -> dict[str, Any]:
+    client = redis_server.connect(paths, timeout=2.0)
+    try:
+        server = client.info("server")
+        info = client.info("persistence")
+        settings = redis_server.persistence_settings(client)
+    except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
+        raise NotRunningError("Redis is not answering") from None
+    finally:
+        client.close()
+    last_save = info.get("rdb_last_save_time", 0)
+    return {
+        "redis_pid": server.get("process_id"),
+        "redis_version": server.get("redis_version"),
+        "persistence": {
+            **asdict(settings),
+            "rdb_last_save": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_save)),
+            "rdb_changes_since_last_save": info.get("rdb_changes_since_last_save"),
+            "rdb_last_bgsave_status": info.get("rdb_last_bgsave_status"),
+            "aof_enabled": bool(info.get("aof_enabled")),
+            "aof_last_write_status": info.get("aof_last_write_status"),
+            "aof_last_bgrewrite_status": info.get("aof_last_bgrewrite_status"),
+            "loading": bool(info.get("loading")),
+        },
+    }
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:" if parts.username else ":"
+        parts = parts._replace(netloc=f"{user}***@{host}")
+    return urlunsplit(parts)
+
+
+def apply_live(paths: ProjectPaths, config: Config) -> bool:
+    """Push changed settings to a running town: CONFIG SET now, and SIGHUP the daemon so
+    it adopts the file too. Returns False when nothing is running."""
+    client = redis_server.connect(paths, timeout=config.supervisor.start_timeout)
+    try:
+        redis_server.apply_persistence(client, config.persistence, config.supervisor.start_timeout)
+    except (redis.ConnectionError, FileNotFoundError):
+        return False
+    finally:
+        client.close()
+    pid = daemon_pid(paths)
+    if pid:
+        os.kill(pid, signal.SIGHUP)
+    return True
+
+
+def log_files(paths: ProjectPaths) -> list[Path]:
+    return [paths.daemon_log, paths.redis_log]

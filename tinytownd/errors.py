@@ -1,0 +1,44 @@
+"""Every error tinytownd raises on purpose.
+
+Each carries a one-line message for a person (what happened and what to do)
+and the exit code the CLI uses for it: 2 for bad usage or configuration,
+1 for failures at run time.
+"""
+
+from __future__ import annotations
+
+
+class TinytownError(Exception):
+    """Base class: ``str(err)`` is the one line the CLI prints."""
+
+    exit_code = 1
+
+
+class ConfigError(TinytownError):
+    """``tinytown.toml``, a CLI argument or an environment variable is invalid."""
+
+    exit_code = 2
+
+
+class InvalidNameError(ConfigError):
+    """A town name that would make Redis key patterns unsafe."""
+
+
+class StartupError(TinytownError):
+    """Redis or the daemon could not be started."""
+
+
+class NotRunningError(TinytownError):
+    """The town's daemon (or its Redis) is not running."""
+
+
+class ForeignSocketError(StartupError):
+    """The socket path is served by a process that is not this town's Redis."""
+
+
+class InvalidMessageError(TinytownError):
+    """A document read from Redis is not a valid message, agent or task."""
+
+
+class StateError(TinytownError):
+    """Agent or task state stored in Redis cannot be read."""

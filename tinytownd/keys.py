@@ -1,0 +1,84 @@
+"""Every Redis key and channel name a town uses, in one place.
+
+Schema (``<town>`` is a validated town name, ``<id>`` an agent or task UUID)::
+
+    tt:<town>:inbox:<id>     list    agent inbox; LPUSH urgent/high, RPUSH normal/low
+    tt:<town>:dead:<id>      list    inbox payloads that were not valid messages
+    tt:<town>:agent:<id>     string  agent state (JSON)
+    tt:<town>:task:<id>      string  task state (JSON)
+    tt:broadcast             pub/sub broadcast channel (the default, as upstream)
+    tt:<town>:broadcast      pub/sub town-scoped broadcast channel (opt-in)
+
+Keys written by tinytown before 0.9 had no town segment (``tt:agent:<id>``,
+``tt:inbox:<id>``, ..., ``tt:backlog``); :func:`legacy_target` maps them to
+their namespaced names for ``tinytownd migrate``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import InvalidNameError
+
+PREFIX = "tt"
+GLOBAL_BROADCAST = "tt:broadcast"
+LEGACY_KINDS = frozenset({"agent", "inbox", "urgent", "task", "activity", "stop"})
+LEGACY_SINGLETONS = frozenset({"backlog"})
+
+_TOWN_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def validate_town_name(name: str) -> str:
+    """Return ``name`` if it is safe inside key patterns, else raise :class:`InvalidNameError`."""
+    if not _TOWN_NAME.fullmatch(name):
+        raise InvalidNameError(
+            f"invalid town name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
+            "(no ':', '*', '?', '[' or spaces)"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class TownKeys:
+    """Key and channel names for one town."""
+
+    town: str
+    town_broadcast: bool = False
+    _base: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        validate_town_name(self.town)
+        object.__setattr__(self, "_base", f"{PREFIX}:{self.town}:")
+
+    def inbox(self, agent_id: str) -> str:
+        return f"{self._base}inbox:{agent_id}"
+
+    def dead(self, agent_id: str) -> str:
+        return f"{self._base}dead:{agent_id}"
+
+    def agent(self, agent_id: str) -> str:
+        return f"{self._base}agent:{agent_id}"
+
+    def task(self, task_id: str) -> str:
+        return f"{self._base}task:{task_id}"
+
+    def pattern(self, kind: str) -> str:
+        """The SCAN/KEYS pattern for every key of ``kind`` (``inbox``, ``agent``...)."""
+        return f"{self._base}{kind}:*"
+
+    @property
+    def broadcast(self) -> str:
+        return f"{self._base}broadcast" if self.town_broadcast else GLOBAL_BROADCAST
+
+
+def legacy_target(key: str, town: str) -> str | None:
+    """The namespaced name for a pre-0.9 key, or None when ``key`` is not one."""
+    parts = key.split(":")
+    if parts[0] != PREFIX:
+        return None
+    if len(parts) == 3 and parts[1] in LEGACY_KINDS and parts[2]:
+        return f"{PREFIX}:{town}:{parts[1]}:{parts[2]}"
+    if len(parts) == 2 and parts[1] in LEGACY_SINGLETONS:
+        return f"{PREFIX}:{town}:{parts[1]}"
+    return None

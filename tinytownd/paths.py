@@ -1,0 +1,133 @@
+"""Where a town's files live.
+
+The project directory holds ``tinytown.toml`` and the socket ``redis.sock``;
+everything the daemon owns lives in ``.tt/`` (mode 0700). A unix socket path
+is limited to 107 bytes on Linux (103 on macOS), so when the project directory
+is deep, clients reach the socket through a short symlink in the user's
+runtime directory that the daemon keeps up to date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StartupError
+
+SOCKET_NAME = "redis.sock"
+STATE_DIR = ".tt"
+MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
+
+
+def _runtime_root() -> Path:
+    # $XDG_RUNTIME_DIR is per-user and short where a login session exists; /tmp
+    # always is short (macOS's per-user $TMPDIR too).
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if not runtime or len(runtime) > 60 or not os.access(runtime, os.W_OK):
+        runtime = tempfile.gettempdir()
+    return Path(runtime) / f"tinytownd-{os.geteuid()}"
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Every path of one project; ``root`` is absolute."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, directory: str | os.PathLike[str]) -> ProjectPaths:
+        return cls(Path(os.path.abspath(directory)))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "tinytown.toml"
+
+    @property
+    def socket(self) -> Path:
+        return self.root / SOCKET_NAME
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def redis_log(self) -> Path:
+        return self.state_dir / "redis.log"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.state_dir / "daemon.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.state_dir / "daemon.lock"
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def rdb(self) -> Path:
+        return self.state_dir / "dump.rdb"
+
+    @property
+    def aof_dir(self) -> Path:
+        return self.state_dir / "appendonlydir"
+
+    @property
+    def socket_link(self) -> Path:
+        """A short path that points at :attr:`socket`, for deep project directories."""
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return _runtime_root() / f"{digest}.sock"
+
+    @property
+    def needs_socket_link(self) -> bool:
+        return len(os.fsencode(self.socket)) > MAX_SOCKET_PATH
+
+    @property
+    def client_socket(self) -> Path:
+        """The path a client connects to: the socket itself, or the short link."""
+        return self.socket_link if self.needs_socket_link else self.socket
+
+    def ensure_state_dir(self) -> None:
+        """Create ``.tt/`` with mode 0700, refusing a symlink or a directory we cannot write."""
+        try:
+            self.state_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as err:
+            raise StartupError(
+                f"cannot create {self.state_dir}: {err.strerror}; "
+                "run tinytownd in a directory you can write to, or pass --dir"
+            ) from None
+        info = os.lstat(self.state_dir)
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            raise StartupError(
+                f"{self.state_dir} is not a plain directory (a symlink?); move it away and retry"
+            )
+        if info.st_uid != os.geteuid():
+            raise StartupError(f"{self.state_dir} belongs to uid {info.st_uid}, not to you")
+        if not os.access(self.state_dir, os.W_OK | os.X_OK):
+            raise StartupError(f"cannot write to {self.state_dir}; fix its permissions")
+        os.chmod(self.state_dir, 0o700)
+
+    def link_socket(self) -> None:
+        """Point the short runtime link at the socket (only needed for deep directories)."""
+        if not self.needs_socket_link:
+            return
+        link = self.socket_link
+        link.parent.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(link.parent)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise StartupError(f"{link.parent} is not a directory of yours; remove it and retry")
+        tmp = link.with_name(f"{link.name}.{os.getpid()}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(self.socket)
+        os.replace(tmp, link)
+
+    def unlink_socket_link(self) -> None:
+        if self.needs_socket_link:
+            self.socket_link.unlink(missing_ok=True)
