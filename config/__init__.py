@@ -1,2 +1,1 @@
-"""Data files shipped inside the package as ``tinytownd.data``: the documented default
-tinytown.toml and the service templates."""
+"""The documented default tinytown.toml, shipped inside the package as ``tinytownd.data``."""

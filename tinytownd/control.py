@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import psutil
 import redis
 
 from . import redis_server
@@ -118,12 +117,13 @@ def stop(paths: ProjectPaths, config: Config) -> str:
     pid = daemon_pid(paths)
     if pid:
         os.kill(pid, signal.SIGTERM)
-        try:
-            psutil.Process(pid).wait(timeout)
-        except psutil.NoSuchProcess:
-            pass
-        except psutil.TimeoutExpired:
-            raise StartupError(f"tinytownd (pid {pid}) did not stop within {timeout:g}s") from None
+        # The daemon's lock goes when it exits; its pid may linger as a zombie when
+        # nothing reaps orphans (containers), so the pid is the wrong thing to watch.
+        deadline = time.monotonic() + timeout
+        while daemon_pid(paths) is not None:
+            if time.monotonic() > deadline:
+                raise StartupError(f"tinytownd (pid {pid}) did not stop within {timeout:g}s")
+            time.sleep(0.01)
         return f"stopped (daemon pid {pid})"
     redis_pid = redis_server.identify(paths)
     if redis_pid is None:

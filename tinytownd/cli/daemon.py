@@ -1,4 +1,4 @@
-"""``tinytownd``: the command line. Only this module prints or picks exit codes."""
+"""Daemon commands: init, start, stop, restart, status, logs, config."""
 
 from __future__ import annotations
 
@@ -6,43 +6,19 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from . import config as config_module
-from . import control
-from .config import APPENDFSYNC, Config
-from .errors import ConfigError, TinytownError
-from .paths import ProjectPaths
-
-Handler = Callable[[argparse.Namespace], int]
-COMMANDS: dict[str, Handler] = {}
-
-
-def command(name: str) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
-        COMMANDS[name] = handler
-        return handler
-
-    return register
-
-
-def _project(args: argparse.Namespace) -> tuple[ProjectPaths, Config]:
-    paths = ProjectPaths.of(args.dir)
-    if not paths.root.is_dir():
-        raise ConfigError(f"{paths.root} is not a directory")
-    return paths, config_module.load(paths.root)
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
-
-
-# -- daemon ------------------------------------------------------------------
+from .. import config as config_module
+from .. import control
+from ..config import APPENDFSYNC, Config
+from ..errors import ConfigError
+from ..paths import ProjectPaths
+from .common import command, emit, project
 
 
 @command("init")
@@ -79,7 +55,7 @@ def _override_args(args: argparse.Namespace) -> list[str]:
 
 @command("start")
 def cmd_start(args: argparse.Namespace) -> int:
-    paths, config = _project(args)
+    paths, config = project(args)
     if config.remote_url:
         print(
             f"town {config.name!r} uses the Redis at {control._redact(config.remote_url)} "
@@ -95,15 +71,13 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Config) -> int:
-    from .supervisor import Supervisor
+    from ..supervisor import Supervisor
 
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,
         format="%(asctime)s tinytownd[%(process)d] %(message)s",
     )
-    import os
-
     os.umask(0o077)
 
     def override(persistence: config_module.Persistence) -> config_module.Persistence:
@@ -118,7 +92,7 @@ def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Confi
 
 @command("stop")
 def cmd_stop(args: argparse.Namespace) -> int:
-    paths, config = _project(args)
+    paths, config = project(args)
     print(f"town {config.name!r}: {control.stop(paths, config)}")
     return 0
 
@@ -131,7 +105,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
-    paths, config = _project(args)
+    paths, config = project(args)
     report = control.status(paths, config)
     rows = [
         ("town", report["town"]),
@@ -180,13 +154,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     text = "\n".join(f"{key:<11} {value}" for key, value in rows)
     if report["log_tail"] and (report["failure"] or report["last_exit"]):
         text += "\nredis log:\n" + "\n".join(f"  {line}" for line in report["log_tail"])
-    _emit(args, report, text)
+    emit(args, report, text)
     return 1 if report["state"] == "failed" else 0
 
 
 @command("logs")
 def cmd_logs(args: argparse.Namespace) -> int:
-    paths, _ = _project(args)
+    paths, _ = project(args)
     path = paths.redis_log if args.redis else paths.daemon_log
     if not path.exists():
         print(f"no log yet at {path}")
@@ -206,7 +180,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 @command("config")
 def cmd_config(args: argparse.Namespace) -> int:
-    paths, config = _project(args)
+    paths, config = project(args)
     if args.action == "get":
         keys = [args.key] if args.key else config_module.all_keys()
         values = {key: config.get(key) for key in keys}
@@ -214,7 +188,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             f"{key} = {json.dumps(value)}" if len(keys) > 1 else str(json.dumps(value))
             for key, value in values.items()
         )
-        _emit(args, values if len(keys) > 1 else values[keys[0]], text)
+        emit(args, values if len(keys) > 1 else values[keys[0]], text)
         return 0
     if not args.key or args.value is None:
         raise ConfigError("usage: tinytownd config set KEY VALUE")
@@ -228,26 +202,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- parser ----------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--dir",
-        default=".",
-        metavar="DIR",
-        help="project directory (default: the current directory)",
-    )
-    parser = argparse.ArgumentParser(
-        prog="tinytownd",
-        description="Run and use a Tinytown town: a supervised Redis on ./redis.sock.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
-
+def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("init", "write tinytown.toml (and .gitignore entries) in the project directory")
     p.add_argument("--name", help="town name (default: the directory name)")
     p.add_argument("--force", action="store_true", help="overwrite an existing tinytown.toml")
@@ -279,15 +234,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", nargs="?", help=f"dotted key: {', '.join(config_module.all_keys())}")
     p.add_argument("value", nargs="?", help="new value (for set)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command](args)
-    except TinytownError as err:
-        print(f"tinytownd: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        return 130

@@ -1,0 +1,1 @@
+"""The launchd template, shipped inside the package as ``tinytownd.launchd``."""

@@ -1,0 +1,1 @@
+"""The systemd template, shipped inside the package as ``tinytownd.systemd``."""

@@ -1,0 +1,262 @@
+"""The Channel API against a real town, once with redis-py and once with redis.asyncio.
+
+Every case runs for both flavours through the same test body: ``channel`` is the
+blocking Channel, or the asyncio one driven by an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from support import client
+
+from tinytownd import Agent, AgentState, Message, Priority, StateError, Task, TaskState, Town, aio
+
+ME = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b"
+
+
+class Blocking:
+    """Runs an asyncio object's coroutines to completion, so one test body serves both."""
+
+    def __init__(self, target: Any, runner: asyncio.Runner) -> None:
+        self._target, self._runner = target, runner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = self._runner.run(result)  # type: ignore[arg-type]
+            return (
+                Blocking(result, self._runner) if isinstance(result, aio.Subscription) else result
+            )
+
+        return call
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            yield self.get()
+
+
+@pytest.fixture(params=["sync", "asyncio"])
+def channel(request: pytest.FixtureRequest, town: Path) -> Iterator[Any]:
+    if request.param == "sync":
+        with Town.connect(town) as connected:
+            yield connected.channel()
+        return
+    with asyncio.Runner() as runner:
+        connected = runner.run(aio.Town.connect(town))
+        try:
+            yield Blocking(connected.channel(), runner)
+        finally:
+            runner.run(connected.close())
+
+
+def agent() -> str:
+    return str(uuid.uuid4())
+
+
+def test_messages_land_in_the_documented_inbox_key(channel: Any, town: Path) -> None:
+    to = agent()
+    channel.send(Message.task(ME, to, "Fix the bug in auth.rs"))
+    raw = client(town).lrange(f"tt:demo:inbox:{to}", 0, -1)
+    assert [json.loads(item)["description"] for item in raw] == ["Fix the bug in auth.rs"]
+
+
+def test_urgent_and_high_jump_the_queue_normal_and_low_wait_in_order(channel: Any) -> None:
+    to = agent()
+    sent = [
+        Message.task(ME, to, "normal-1"),
+        Message.task(ME, to, "low-1", priority=Priority.LOW),
+        Message.task(ME, to, "high-1", priority=Priority.HIGH),
+        Message.task(ME, to, "urgent-1", priority=Priority.URGENT),
+        Message.task(ME, to, "normal-2"),
+        Message.task(ME, to, "urgent-2", priority=Priority.URGENT),
+    ]
+    for message in sent:
+        channel.send(message)
+    order = [channel.try_receive(to).body["description"] for _ in sent]
+    # LPUSH puts the newest front-of-queue message first: among urgent/high, last in, first out.
+    assert order == ["urgent-2", "urgent-1", "high-1", "normal-1", "low-1", "normal-2"]
+
+
+def test_receive_returns_none_after_about_the_timeout(channel: Any) -> None:
+    started = time.monotonic()
+    assert channel.receive(agent(), timeout=0.3) is None
+    assert 0.29 <= time.monotonic() - started < 3.0
+    started = time.monotonic()
+    assert channel.receive(agent(), timeout=timedelta(milliseconds=200)) is None
+    assert 0.19 <= time.monotonic() - started < 3.0
+
+
+def test_try_receive_on_an_empty_inbox_is_none_at_once(channel: Any) -> None:
+    assert channel.try_receive(agent()) is None
+    assert channel.inbox_len(agent()) == 0
+
+
+def test_inbox_len_counts_waiting_messages(channel: Any) -> None:
+    to = agent()
+    channel.send_many([Message.ping(ME, to) for _ in range(5)])
+    assert channel.inbox_len(uuid.UUID(to)) == 5
+
+
+def test_blocking_receive_wakes_when_another_process_sends(channel: Any, town: Path) -> None:
+    to = agent()
+    sender = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import time; from tinytownd import Town, Message; time.sleep(0.3); "
+                f"channel = Town.connect({str(town)!r}).channel(); "
+                f"channel.send(Message.query({ME!r}, {to!r}, 'ready?'))"
+            ),
+        ]
+    )
+    try:
+        received = channel.receive(to, timeout=20)
+    finally:
+        sender.wait(20)
+    assert received is not None and received.body == {"question": "ready?"}
+
+
+def test_invalid_payloads_move_to_dead_letters_byte_for_byte(channel: Any, town: Path) -> None:
+    to = agent()
+    raw = client(town)
+    garbage = [
+        b"\xff\xfe not utf-8",
+        b"not json",
+        b"[1,2]",
+        b'{"type":"dance","id":"x"}',
+        Message.ping(ME, to).to_json().encode()[:40],
+    ]
+    raw.rpush(f"tt:demo:inbox:{to}", *garbage)
+    channel.send(Message.task(ME, to, "the real one"))
+    received = channel.receive(to, timeout=5)
+    assert received is not None and received.body["description"] == "the real one"
+    assert raw.lrange(f"tt:demo:dead:{to}", 0, -1) == garbage
+    assert channel.peek(to, 10, dead=True) == garbage
+
+
+def test_only_bad_payloads_time_out_within_the_same_timeout(channel: Any, town: Path) -> None:
+    to = agent()
+    client(town).rpush(f"tt:demo:inbox:{to}", b"junk")
+    started = time.monotonic()
+    assert channel.receive(to, timeout=0.3) is None
+    assert time.monotonic() - started < 3.0
+    assert client(town).llen(f"tt:demo:dead:{to}") == 1
+
+
+def test_broadcast_reaches_every_subscriber(channel: Any) -> None:
+    first, second = channel.subscribe(), channel.subscribe()
+    try:
+        message = Message.informational(ME, agent(), "deploy done")
+        assert channel.broadcast(message) == 2
+        assert first.get(timeout=5) == message
+        assert second.get(timeout=5) == message
+        assert first.get(timeout=0.1) is None
+    finally:
+        first.close()
+        second.close()
+
+
+def test_agent_state_round_trips(channel: Any, town: Path) -> None:
+    worker = Agent(name="worker-1", cli="claude", state=AgentState.IDLE, tasks_completed=3)
+    channel.set_agent_state(worker)
+    assert channel.get_agent_state(worker.id) == worker
+    assert channel.get_agent_state(uuid.UUID(worker.id)) == worker
+    assert json.loads(client(town).get(f"tt:demo:agent:{worker.id}"))["name"] == "worker-1"
+    assert channel.get_agent_state(agent()) is None
+    assert worker in channel.agents()
+
+
+def test_task_state_round_trips(channel: Any) -> None:
+    task = Task(description="Fix it", state=TaskState.RUNNING, tags=("backend",))
+    channel.set_task(task)
+    assert channel.get_task(task.id) == task
+    assert channel.get_task(agent()) is None
+    assert task in channel.tasks()
+
+
+def test_corrupt_state_is_a_clear_error_not_a_crash(channel: Any, town: Path) -> None:
+    broken = agent()
+    client(town).set(f"tt:demo:agent:{broken}", "{oops")
+    with pytest.raises(StateError, match=f"tt:demo:agent:{broken} does not hold a valid agent"):
+        channel.get_agent_state(broken)
+
+
+def test_sync_and_asyncio_processes_coordinate(town: Path) -> None:
+    worker = agent()
+    script = f"""
+import asyncio
+from tinytownd import Message, aio
+
+async def main():
+    async with await aio.Town.connect({str(town)!r}) as town:
+        channel = town.channel()
+        task = await channel.receive({worker!r}, timeout=20)
+        await channel.send(task.reply("task_done", task_id=task.id, result="fixed"))
+
+asyncio.run(main())
+"""
+    helper = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        with Town.connect(town) as connected:
+            channel = connected.channel()
+            task = Message.task(ME, worker, "fix the flaky test")
+            channel.send(task)
+            answer = channel.receive(ME, timeout=20)
+    finally:
+        assert helper.wait(30) == 0
+    assert answer is not None
+    assert (answer.type, answer.correlation_id, answer.body["result"]) == (
+        "task_done",
+        task.id,
+        "fixed",
+    )
+
+
+def test_town_scoped_broadcast_channel(town: Path) -> None:
+    (town / "tinytown.toml").write_text(
+        (town / "tinytown.toml").read_text() + '\n[channel]\nbroadcast = "town"\n'
+    )
+    with Town.connect(town) as connected:
+        channel = connected.channel()
+        assert channel.keys.broadcast == "tt:demo:broadcast"
+        with channel.subscribe() as subscription:
+            assert client(town).pubsub_numsub("tt:demo:broadcast") == [(b"tt:demo:broadcast", 1)]
+            channel.broadcast(Message.ping(ME, ME))
+            assert subscription.get(timeout=5) is not None
+
+
+def test_town_connect_starts_the_daemon(project: Path) -> None:
+    with Town.connect(project) as connected:
+        assert connected.name == "demo"
+        assert connected.redis.ping()
+
+
+def test_channel_accepts_any_redis_client(town: Path) -> None:
+    from tinytownd import Channel
+
+    plain = redis.Redis(unix_socket_path=str(town / "redis.sock"), decode_responses=True)
+    channel = Channel(plain, town="demo")
+    to = agent()
+    plain.rpush(f"tt:demo:inbox:{to}", b"\xff")  # still dead-lettered byte for byte
+    channel.send(Message.ping(ME, to))
+    assert channel.receive(to, timeout=1) is not None
+    assert client(town).lrange(f"tt:demo:dead:{to}", 0, -1) == [b"\xff"]

@@ -1,0 +1,169 @@
+"""The wire format: what the Rust tinytown writes must parse and round-trip."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tinytownd import Agent, InvalidMessageError, Message, Priority, Task, TaskState
+from tinytownd.models import MESSAGE_TYPES
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "upstream-fixtures.tsv"
+KINDS = {"message": Message, "agent": Agent, "task": Task}
+A, B = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+def upstream_documents() -> list[tuple[str, str]]:
+    if not FIXTURES.exists():
+        pytest.skip(f"{FIXTURES} is not beside this checkout")
+    lines = FIXTURES.read_text(encoding="utf-8").split("\n")
+    rows = [line.split("\t", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return [(kind, text) for kind, text in rows]
+
+
+def to_microseconds(text: str) -> str:
+    return re.sub(r"(\.\d{6})\d+Z", r"\1Z", text)
+
+
+def test_every_upstream_document_round_trips_byte_for_byte() -> None:
+    documents = upstream_documents()
+    assert {kind for kind, _ in documents} == set(KINDS)
+    assert {json.loads(t)["type"] for k, t in documents if k == "message"} == set(MESSAGE_TYPES)
+    for kind, text in documents:
+        assert KINDS[kind].from_json(text).to_json() == to_microseconds(text)
+
+
+def test_constructors_write_the_wire_shape() -> None:
+    message = Message.task(A, uuid.UUID(B), "Fix the bug", priority="high")
+    doc = json.loads(message.to_json())
+    assert list(doc) == [
+        "id",
+        "from",
+        "to",
+        "type",
+        "description",
+        "priority",
+        "created_at",
+        "correlation_id",
+    ]
+    assert doc["to"] == B and doc["priority"] == "high" and doc["correlation_id"] is None
+    assert doc["created_at"].endswith("Z") and len(doc["created_at"]) == 27
+    rejected = Message.confirmation(A, B, "rejected", reason="no")
+    assert json.loads(rejected.to_json())["ack_type"] == {"type": "rejected", "reason": "no"}
+    assert Message.from_json(rejected.to_json()) == rejected
+
+
+def test_every_type_has_a_constructor_that_round_trips() -> None:
+    made = [
+        Message.task(A, B, "d"),
+        Message.query(A, B, "q?"),
+        Message.informational(A, B, "s"),
+        Message.confirmation(A, B, "thanks"),
+        Message.task_assign(A, B, "t-1"),
+        Message.task_done(A, B, "t-1", "ok"),
+        Message.task_failed(A, B, "t-1", "boom"),
+        Message.status_request(A, B),
+        Message.status_response(A, B, "idle"),
+        Message.ping(A, B),
+        Message.pong(A, B),
+        Message.shutdown(A, B),
+        Message.custom(A, B, "k", '{"x":1}'),
+    ]
+    assert {m.type for m in made} == set(MESSAGE_TYPES)
+    for message in made:
+        assert Message.from_json(message.to_json()) == message
+
+
+def test_reply_goes_back_correlated() -> None:
+    ping = Message.ping(A, B)
+    pong = ping.reply("pong")
+    assert (pong.sender, pong.to, pong.correlation_id) == (B, A, ping.id)
+
+
+def test_unknown_fields_from_newer_peers_survive_a_round_trip() -> None:
+    doc = json.loads(Message.ping(A, B).to_json()) | {"trace": {"span": 7}}
+    assert json.loads(Message.from_json(json.dumps(doc)).to_json())["trace"] == {"span": 7}
+    agent = json.loads(Agent(name="w", cli="claude").to_json()) | {"gpu": "a100"}
+    updated = Agent.from_json(json.dumps(agent)).evolve(tasks_completed=1)
+    assert json.loads(updated.to_json())["gpu"] == "a100"
+
+
+def test_missing_optional_fields_read_as_defaults() -> None:
+    doc = {"id": A, "from": A, "to": B, "type": "ping", "created_at": "2026-11-24T16:08:00.5Z"}
+    message = Message.from_json(json.dumps(doc))
+    assert message.priority is Priority.NORMAL and message.correlation_id is None
+    task = Task.from_json(
+        json.dumps(
+            {
+                "id": A,
+                "description": "d",
+                "state": "in_flight",
+                "created_at": "2026-11-24T16:00:00+00:00",
+                "updated_at": "2026-11-24T18:00:00+02:00",
+            }
+        )
+    )
+    assert task.state is TaskState.RUNNING and task.tags == ()
+    assert task.updated_at == task.created_at  # offsets are normalised to UTC
+
+
+GOOD = json.loads(Message.task(A, B, "d").to_json())
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\xff\xfe not utf-8", "not JSON"),
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "not an object"),
+        (json.dumps({**GOOD, "type": "dance"}).encode(), "unknown message type"),
+        (json.dumps({**GOOD, "priority": "URGENT"}).encode(), "priority"),
+        (json.dumps({**GOOD, "id": "nope"}).encode(), "id: 'nope' is not a UUID"),
+        (json.dumps({**GOOD, "created_at": "yesterday"}).encode(), "created_at"),
+        (json.dumps({**GOOD, "created_at": "2026-11-24T16:00:00.5"}).encode(), "no UTC offset"),
+        (
+            json.dumps({k: v for k, v in GOOD.items() if k != "description"}).encode(),
+            "missing field 'description'",
+        ),
+        (json.dumps({**GOOD, "description": 3}).encode(), "description: expected a string"),
+        (b"[" * 100_000, "not JSON"),
+    ],
+)
+def test_invalid_messages_raise_one_clear_error(payload: bytes, reason: str) -> None:
+    with pytest.raises(InvalidMessageError, match=re.escape(reason)):
+        Message.from_json(payload)
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_give_a_message_or_an_invalid_message_error(payload: bytes) -> None:
+    with contextlib.suppress(InvalidMessageError):
+        Message.from_json(payload)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from([*sorted(GOOD), "x"]),
+        st.one_of(
+            st.none(), st.integers(), st.text(max_size=40), st.sampled_from(list(GOOD.values()))
+        ),
+    )
+)
+def test_any_json_object_gives_a_value_or_one_clear_error(doc: dict[str, object]) -> None:
+    for kind in (Message, Agent, Task):
+        try:
+            kind.from_json(json.dumps(doc))
+        except InvalidMessageError as err:
+            assert "\n" not in str(err)
+
+
+def test_models_are_immutable() -> None:
+    with pytest.raises(AttributeError):
+        Message.ping(A, B).priority = Priority.LOW  # type: ignore[misc]

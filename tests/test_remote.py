@@ -1,0 +1,96 @@
+"""Beyond one machine: the same Channel against an existing Redis reached by URL."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from support import tinytownd, wait_until
+
+from tinytownd import Message, Town, aio
+from tinytownd.config import Config
+from tinytownd.redis_server import find_binary
+
+PASSWORD = "s3cret-for-tests"
+ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+
+
+@pytest.fixture
+def remote_url(tmp: Path) -> Iterator[str]:
+    """A second, plain redis-server on 127.0.0.1 that requires a password."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            find_binary(Config(name="x")).path,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            PASSWORD,
+            "--dir",
+            str(tmp),
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+        wait_until(lambda: redis.Redis.from_url(url).ping(), what="remote redis")
+        yield url
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_redis_url_in_tinytown_toml_points_the_channel_at_that_server(
+    tmp: Path, remote_url: str
+) -> None:
+    (tmp / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{remote_url}"\n')
+    with Town.connect(tmp) as town:
+        town.channel().send(Message.ping(ME, YOU))
+    assert redis.Redis.from_url(remote_url).llen(f"tt:far:inbox:{YOU}") == 1
+    assert not (tmp / ".tt").exists() and not (tmp / "redis.sock").exists()
+
+
+@pytest.mark.parametrize("variable", ["TINYTOWN_REDIS_URL", "REDIS_URL"])
+def test_environment_urls_work_for_sync_and_asyncio(
+    tmp: Path, remote_url: str, variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, remote_url)
+    (tmp / "tinytown.toml").write_text('name = "far"\n')
+
+    async def send() -> None:
+        async with await aio.Town.connect(tmp) as town:
+            await town.channel().send(Message.task(ME, YOU, "over tcp"))
+
+    asyncio.run(send())
+    with Town.connect(tmp) as town:
+        received = town.channel().receive(YOU, timeout=5)
+    assert received is not None and received.body == {"description": "over tcp"}
+
+
+def test_wrong_password_is_an_authentication_error(tmp: Path, remote_url: str) -> None:
+    (tmp / "tinytown.toml").write_text(
+        f'name = "far"\n[redis]\nurl = "{remote_url.replace(PASSWORD, "wrong")}"\n'
+    )
+    with Town.connect(tmp) as town, pytest.raises(redis.AuthenticationError):
+        town.channel().inbox_len(YOU)
+
+
+def test_start_explains_there_is_nothing_local_to_supervise(tmp: Path, remote_url: str) -> None:
+    (tmp / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{remote_url}"\n')
+    result = tinytownd("start", "--dir", str(tmp))
+    assert result.returncode == 0
+    assert "nothing local to supervise" in result.stdout
+    assert PASSWORD not in result.stdout  # the password is never echoed
+    assert not (tmp / ".tt").exists()

@@ -1,0 +1,171 @@
+"""The Channel and Town for asyncio (redis.asyncio), with the same methods, awaited.
+
+Every decision comes from :mod:`tinytownd.ops`, shared with the blocking flavour;
+only the I/O calls differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
+
+from . import ops
+from .config import Config
+from .keys import TownKeys
+from .models import Agent, Id, Message, Task, canonical_id
+from .paths import ProjectPaths
+from .town import client_options, prepare
+
+
+class Channel:
+    """:class:`tinytownd.Channel` for asyncio; ``client`` is a ``redis.asyncio.Redis``."""
+
+    def __init__(self, client: aioredis.Redis, town: str, *, town_broadcast: bool = False) -> None:
+        self.redis = client
+        self.keys = TownKeys(town, town_broadcast)
+
+    async def _execute(self, step: ops.Step) -> Any:
+        if isinstance(step, list):
+            pipe = self.redis.pipeline(transaction=False)
+            for command in step:
+                pipe.execute_command(*command)
+            return await pipe.execute()
+        return await self.redis.execute_command(*step, **{NEVER_DECODE: True})
+
+    async def _run(self, op: ops.Op[ops.T]) -> ops.T:
+        try:
+            step = next(op)
+            while True:
+                step = op.send(await self._execute(step))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def send(self, message: Message) -> None:
+        await self._run(ops.send(self.keys, message))
+
+    async def send_many(self, messages: Iterable[Message]) -> int:
+        return await self._run(ops.send_many(self.keys, messages))
+
+    async def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
+        return await self._run(ops.receive(self.keys, agent_id, timeout))
+
+    async def try_receive(self, agent_id: Id) -> Message | None:
+        return await self._run(ops.try_receive(self.keys, agent_id))
+
+    async def inbox_len(self, agent_id: Id) -> int:
+        return await self._run(ops.inbox_len(self.keys, agent_id))
+
+    async def peek(self, agent_id: Id, count: int = 10, *, dead: bool = False) -> list[bytes]:
+        return await self._run(ops.peek(self.keys, agent_id, count, dead))
+
+    async def broadcast(self, message: Message) -> int:
+        return await self._run(ops.broadcast(self.keys, message))
+
+    async def subscribe(self) -> Subscription:
+        subscription = Subscription(self.redis, self.keys.broadcast)
+        await subscription.start()
+        return subscription
+
+    async def set_agent_state(self, agent: Agent) -> None:
+        await self._run(ops.set_state(self.keys.agent(agent.id), agent))
+
+    async def get_agent_state(self, agent_id: Id) -> Agent | None:
+        return await self._run(ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent))
+
+    async def set_task(self, task: Task) -> None:
+        await self._run(ops.set_state(self.keys.task(task.id), task))
+
+    async def get_task(self, task_id: Id) -> Task | None:
+        return await self._run(ops.get_state(self.keys.task(canonical_id(task_id)), Task))
+
+    async def agents(self) -> list[Agent]:
+        return await self._run(ops.all_states(self.keys, Agent))
+
+    async def tasks(self) -> list[Task]:
+        return await self._run(ops.all_states(self.keys, Task))
+
+
+class Subscription:
+    """Broadcast messages as an async iterator; ``async with`` closes it."""
+
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+        self.channel = channel
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+
+    async def start(self) -> None:
+        await self._pubsub.subscribe(self.channel)
+
+    async def get(self, timeout: float | None = None) -> Message | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            event = await self._pubsub.get_message(timeout=left)
+            if event is not None and event["type"] == "message":
+                message = ops.decode_message(event["data"], self.channel, "skipped")
+                if message is not None:
+                    return message
+            elif deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            message = await self.get()
+            if message is not None:
+                yield message
+
+    async def close(self) -> None:
+        await self._pubsub.aclose()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class Town:
+    """:class:`tinytownd.Town` for asyncio."""
+
+    def __init__(self, config: Config, paths: ProjectPaths, client: aioredis.Redis) -> None:
+        self.config, self.paths, self.redis = config, paths, client
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @classmethod
+    async def connect(cls, directory: str | Path = ".", *, start: bool = True) -> Town:
+        config, paths = await asyncio.to_thread(prepare, directory, start)
+        url, options = client_options(config, paths, aioredis.Redis)
+        client = aioredis.Redis.from_url(url, **options) if url else aioredis.Redis(**options)
+        return cls(config, paths, client)
+
+    def channel(self) -> Channel:
+        return Channel(
+            self.redis, self.name, town_broadcast=self.config.channel.broadcast == "town"
+        )
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> Town:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,133 @@
+"""The Channel: Tinytown's message transport over one town's Redis (blocking flavour).
+
+All logic lives in :mod:`tinytownd.ops`; this class only runs it with redis-py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+import redis
+from redis.client import NEVER_DECODE
+
+from . import ops
+from .keys import TownKeys
+from .models import Agent, Id, Message, Task, canonical_id
+
+
+class Channel:
+    """Send and receive messages and keep agent and task state for one town.
+
+    ``client`` is any ``redis.Redis``. Blocking receives need a client without a
+    ``socket_timeout`` shorter than the receive timeout (``Town.channel()`` gives one).
+    """
+
+    def __init__(self, client: redis.Redis, town: str, *, town_broadcast: bool = False) -> None:
+        self.redis = client
+        self.keys = TownKeys(town, town_broadcast)
+
+    def _execute(self, step: ops.Step) -> Any:
+        if isinstance(step, list):
+            pipe = self.redis.pipeline(transaction=False)
+            for command in step:
+                pipe.execute_command(*command)
+            return pipe.execute()
+        return self.redis.execute_command(*step, **{NEVER_DECODE: True})
+
+    def _run(self, op: ops.Op[ops.T]) -> ops.T:
+        return ops.run_sync(op, self._execute)
+
+    def send(self, message: Message) -> None:
+        """Queue ``message`` in its recipient's inbox (urgent/high at the front)."""
+        self._run(ops.send(self.keys, message))
+
+    def send_many(self, messages: Iterable[Message]) -> int:
+        """Queue several messages in one round trip; returns how many."""
+        return self._run(ops.send_many(self.keys, messages))
+
+    def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
+        """The next message for ``agent_id``, waiting up to ``timeout`` (None: forever)."""
+        return self._run(ops.receive(self.keys, agent_id, timeout))
+
+    def try_receive(self, agent_id: Id) -> Message | None:
+        """The next message if one is waiting, else None at once."""
+        return self._run(ops.try_receive(self.keys, agent_id))
+
+    def inbox_len(self, agent_id: Id) -> int:
+        return self._run(ops.inbox_len(self.keys, agent_id))
+
+    def peek(self, agent_id: Id, count: int = 10, *, dead: bool = False) -> list[bytes]:
+        """Raw payloads at the head of the inbox (or dead-letter list), left in place."""
+        return self._run(ops.peek(self.keys, agent_id, count, dead))
+
+    def broadcast(self, message: Message) -> int:
+        """Publish to every subscriber; returns how many received it."""
+        return self._run(ops.broadcast(self.keys, message))
+
+    def subscribe(self) -> Subscription:
+        """Broadcast messages as they arrive: iterate, or :meth:`Subscription.get`."""
+        return Subscription(self.redis, self.keys.broadcast)
+
+    def set_agent_state(self, agent: Agent) -> None:
+        self._run(ops.set_state(self.keys.agent(agent.id), agent))
+
+    def get_agent_state(self, agent_id: Id) -> Agent | None:
+        return self._run(ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent))
+
+    def set_task(self, task: Task) -> None:
+        self._run(ops.set_state(self.keys.task(task.id), task))
+
+    def get_task(self, task_id: Id) -> Task | None:
+        return self._run(ops.get_state(self.keys.task(canonical_id(task_id)), Task))
+
+    def agents(self) -> list[Agent]:
+        return self._run(ops.all_states(self.keys, Agent))
+
+    def tasks(self) -> list[Task]:
+        return self._run(ops.all_states(self.keys, Task))
+
+
+class Subscription:
+    """Broadcast messages from one pub/sub channel; close it (or use ``with``) when done."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self.channel = channel
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(channel)
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        """The next valid broadcast, or None after ``timeout`` seconds (None: wait forever)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            event = self._pubsub.get_message(timeout=left)
+            if event is not None and event["type"] == "message":
+                message = ops.decode_message(event["data"], self.channel, "skipped")
+                if message is not None:
+                    return message
+            elif deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def __iter__(self) -> Iterator[Message]:
+        while True:
+            message = self.get()
+            if message is not None:
+                yield message
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

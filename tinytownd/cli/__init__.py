@@ -1,0 +1,42 @@
+"""``tinytownd``: the command line. Only this package prints or picks exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import TinytownError
+from . import daemon, service, town
+from .common import COMMANDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dir", default=".", metavar="DIR", help="project directory (default: the current one)"
+    )
+    parser = argparse.ArgumentParser(
+        prog="tinytownd",
+        description="Run and use a Tinytown town: a supervised Redis on ./redis.sock.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+
+    daemon.add_parsers(add)
+    town.add_parsers(add)
+    service.add_parsers(add)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TinytownError as err:
+        print(f"tinytownd: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130

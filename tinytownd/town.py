@@ -1,0 +1,86 @@
+"""``Town.connect``: find a project's town, make sure its Redis runs, hand out channels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+
+from . import config as config_module
+from . import control
+from .channel import Channel
+from .config import Config
+from .paths import ProjectPaths
+from .state import daemon_pid
+
+#: A crash-restart of the local Redis takes milliseconds; retrying connection errors
+#: for up to ~1.5 s rides through it instead of failing the caller. Sends that are
+#: retried after an unanswered attempt may be delivered twice (at-least-once).
+RETRIES = 8
+BACKOFF = {"cap": 0.5, "base": 0.01}
+
+
+def prepare(directory: str | Path, start: bool) -> tuple[Config, ProjectPaths]:
+    """Read the project's config and, for a local town, start its daemon if needed."""
+    paths = ProjectPaths.of(directory)
+    config = config_module.load(paths.root)
+    if not config.remote_url and start and daemon_pid(paths) is None:
+        control.start(paths, config)
+    return config, paths
+
+
+def client_options(
+    config: Config, paths: ProjectPaths, kind: type[Any]
+) -> tuple[str, dict[str, Any]]:
+    """``(url, keyword arguments)`` for a redis-py (or redis.asyncio) client of this town."""
+    if kind.__module__.startswith("redis.asyncio"):
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        retry: Any = AsyncRetry(ExponentialBackoff(**BACKOFF), RETRIES)
+    else:
+        from redis.retry import Retry
+
+        retry = Retry(ExponentialBackoff(**BACKOFF), RETRIES)
+    options: dict[str, Any] = {"retry": retry, "socket_connect_timeout": 5}
+    if config.remote_url:
+        return config.remote_url, options
+    return "", {**options, "unix_socket_path": str(paths.client_socket)}
+
+
+class Town:
+    """One town: its settings, its Redis client and channels bound to its name."""
+
+    def __init__(self, config: Config, paths: ProjectPaths, client: redis.Redis) -> None:
+        self.config, self.paths, self.redis = config, paths, client
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @classmethod
+    def connect(cls, directory: str | Path = ".", *, start: bool = True) -> Town:
+        """The town of the project in ``directory``; starts its daemon unless ``start=False``.
+
+        With ``redis.url`` (or ``$TINYTOWN_REDIS_URL`` / ``$REDIS_URL``) it uses that
+        Redis instead, and starts nothing.
+        """
+        config, paths = prepare(directory, start)
+        url, options = client_options(config, paths, redis.Redis)
+        client = redis.Redis.from_url(url, **options) if url else redis.Redis(**options)
+        return cls(config, paths, client)
+
+    def channel(self) -> Channel:
+        return Channel(
+            self.redis, self.name, town_broadcast=self.config.channel.broadcast == "town"
+        )
+
+    def close(self) -> None:
+        self.redis.close()
+
+    def __enter__(self) -> Town:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
