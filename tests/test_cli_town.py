@@ -204,3 +204,25 @@ def test_the_seeds_direct_redis_access_session_works_verbatim(town: Path) -> Non
     assert json.loads(cli("GET", f"tt:demo:agent:{worker}"))["name"] == "worker-1"
     assert cli("CONFIG", "SET", "save", "60 1") == "OK"
     assert cli("CONFIG", "SET", "appendonly", "yes") == "OK"
+
+
+def test_bench_prints_the_seed_table_with_floors_and_ratios(tmp: Path) -> None:
+    result = tinytownd("bench", "--n", "100", "--json", "--dir", str(tmp), timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    operations = [row["operation"] for row in report["unix"]]
+    assert operations == [
+        "send",
+        "receive (waiting)",
+        "try_receive",
+        "agent state set",
+        "agent state get",
+        "task state set",
+        "task state get",
+    ]
+    for row in report["unix"] + report["tcp"]:
+        assert row["p50_us"] > 0 and row["floor_p50_us"] > 0
+        assert row["ratio"] == pytest.approx(row["p50_us"] / row["floor_p50_us"])
+    assert report["send_many"]["send_many_msgs_per_s"] > 0
+    assert set(report["end_to_end"]) == {"sync", "asyncio"}
+    assert not list(tmp.iterdir())  # a throwaway town, gone afterwards

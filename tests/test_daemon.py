@@ -79,6 +79,7 @@ def test_concurrent_starts_give_exactly_one_daemon(project: Path) -> None:
     ]
     assert len(daemons) == 1
     assert client(project).ping()
+    assert status(project)["state"] == "running"  # the losers never touch the winner's state
 
 
 def test_stop_saves_data_and_start_brings_it_back(town: Path) -> None:

@@ -9,132 +9,49 @@ goes on the wire, and it spares a parse and a format per id.
 
 from __future__ import annotations
 
-import json
-import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from .errors import InvalidMessageError
+from .wire import (
+    Id,
+    build,
+    canonical_id,
+    choice,
+    count,
+    dumps,
+    extra,
+    format_time,
+    ident,
+    load,
+    new_id,
+    now,
+    opt_ident,
+    opt_text,
+    opt_time_field,
+    parse_time,
+    required,
+    text,
+    time_field,
+)
 
-_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
-Id = str | uuid.UUID
-E = TypeVar("E", bound=StrEnum)
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-def canonical_id(value: Id, what: str = "id") -> str:
-    """Lowercase hyphenated UUID text for a ``uuid.UUID`` or any UUID string."""
-    if isinstance(value, str) and _UUID_TEXT.fullmatch(value):
-        return value
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    try:
-        return str(uuid.UUID(value))
-    except (ValueError, TypeError, AttributeError):
-        raise InvalidMessageError(f"{what}: {value!r} is not a UUID") from None
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a ``Z``, as peers expect."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: Any, what: str) -> datetime:
-    if not isinstance(text, str) or len(text) < 20 or text[10] not in "Tt ":
-        raise InvalidMessageError(f"{what}: {text!r} is not an RFC 3339 timestamp")
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidMessageError(f"{what}: {text!r} is not an RFC 3339 timestamp") from None
-    if moment.tzinfo is None:
-        raise InvalidMessageError(f"{what}: {text!r} has no UTC offset")
-    return moment.astimezone(UTC)
-
-
-# -- reading helpers: each takes the document and a key, and names both in errors --
-
-
-def _required(doc: Mapping[str, Any], key: str) -> Any:
-    try:
-        return doc[key]
-    except KeyError:
-        raise InvalidMessageError(f"missing field {key!r}") from None
-
-
-def _str(doc: Mapping[str, Any], key: str, default: str | None = None) -> str:
-    value = doc.get(key, default) if default is not None else _required(doc, key)
-    if not isinstance(value, str):
-        raise InvalidMessageError(f"{key}: expected a string, got {value!r:.60}")
-    return value
-
-
-def _opt_str(doc: Mapping[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    if value is not None and not isinstance(value, str):
-        raise InvalidMessageError(f"{key}: expected a string or null, got {value!r:.60}")
-    return value
-
-
-def _id(doc: Mapping[str, Any], key: str) -> str:
-    return canonical_id(_required(doc, key), key)
-
-
-def _opt_id(doc: Mapping[str, Any], key: str) -> str | None:
-    value = doc.get(key)
-    return None if value is None else canonical_id(value, key)
-
-
-def _time(doc: Mapping[str, Any], key: str) -> datetime:
-    return parse_time(_required(doc, key), key)
-
-
-def _opt_time(doc: Mapping[str, Any], key: str) -> datetime | None:
-    value = doc.get(key)
-    return None if value is None else parse_time(value, key)
-
-
-def _count(doc: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    value = doc.get(key, default) if default is not None else _required(doc, key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidMessageError(f"{key}: expected an integer >= 0, got {value!r:.60}")
-    return value
-
-
-def _enum(doc: Mapping[str, Any], key: str, kind: type[E], default: E) -> E:
-    value = doc.get(key, default)
-    try:
-        return kind(value)
-    except ValueError:
-        allowed = ", ".join(kind)
-        raise InvalidMessageError(f"{key}: {value!r:.60} is not one of {allowed}") from None
-
-
-def _load(text: str | bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
-        raise InvalidMessageError(f"{what} is not JSON text: {err}") from None
-    if not isinstance(doc, dict):
-        raise InvalidMessageError(f"{what} is JSON but not an object")
-    return doc
-
-
-def _extra(doc: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
-    return {key: value for key, value in doc.items() if key not in known}
-
+__all__ = [
+    "Agent",
+    "AgentState",
+    "AgentType",
+    "Id",
+    "Message",
+    "Priority",
+    "SpawnMode",
+    "Task",
+    "TaskState",
+    "canonical_id",
+    "format_time",
+    "parse_time",
+]
 
 # -- messages ---------------------------------------------------------------
 
@@ -151,6 +68,9 @@ class Priority(StrEnum):
         return self in (Priority.HIGH, Priority.URGENT)
 
 
+_MESSAGE_KNOWN_BASE = frozenset(
+    {"id", "from", "to", "type", "priority", "created_at", "correlation_id"}
+)
 ACK_TYPES = frozenset({"received", "acknowledged", "thanks", "approved", "rejected"})
 
 #: Each message type's own fields, in wire order; ``None`` marks a nullable string.
@@ -169,10 +89,12 @@ MESSAGE_TYPES: dict[str, tuple[tuple[str, type | None], ...]] = {
     "shutdown": (),
     "custom": (("kind", str), ("payload", str)),
 }
+_MESSAGE_KNOWN_BY_TYPE = {
+    kind: _MESSAGE_KNOWN_BASE | {name for name, _ in spec} for kind, spec in MESSAGE_TYPES.items()
+}
 ACTIONABLE = frozenset(
     {"task", "query", "task_assign", "status_request", "ping", "shutdown", "custom"}
 )
-_MESSAGE_KNOWN = frozenset({"id", "from", "to", "type", "priority", "created_at", "correlation_id"})
 
 
 def _check_ack(ack: Any) -> dict[str, Any]:
@@ -191,15 +113,15 @@ def _body(kind: str, doc: Mapping[str, Any]) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for name, expected in spec:
         if expected is None:
-            body[name] = _opt_str(doc, name)
+            body[name] = opt_text(doc, name)
         elif expected is dict:
-            body[name] = _check_ack(_required(doc, name))
+            body[name] = _check_ack(required(doc, name))
         else:
-            body[name] = _str(doc, name)
+            body[name] = text(doc, name)
     return body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Message:
     """One message between agents. Build it with a constructor such as :meth:`task`.
 
@@ -316,29 +238,31 @@ class Message:
         return doc
 
     def to_json(self) -> str:
-        return _dumps(self.to_dict())
+        return dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Message:
-        kind = _required(doc, "type")
+        kind = required(doc, "type")
         body = _body(kind, doc)
-        known = _MESSAGE_KNOWN.union(name for name, _ in MESSAGE_TYPES[kind])
-        return cls(
-            id=_id(doc, "id"),
-            sender=_id(doc, "from"),
-            to=_id(doc, "to"),
-            type=kind,
-            body=body,
-            priority=_enum(doc, "priority", Priority, Priority.NORMAL),
-            created_at=_time(doc, "created_at"),
-            correlation_id=_opt_id(doc, "correlation_id"),
-            extra=_extra(doc, known),
+        return build(
+            cls,
+            {
+                "sender": ident(doc, "from"),
+                "to": ident(doc, "to"),
+                "type": kind,
+                "body": body,
+                "priority": choice(doc, "priority", Priority, Priority.NORMAL),
+                "id": ident(doc, "id"),
+                "created_at": time_field(doc, "created_at"),
+                "correlation_id": opt_ident(doc, "correlation_id"),
+                "extra": extra(doc, _MESSAGE_KNOWN_BY_TYPE[kind]),
+            },
         )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Message:
         """Parse one message; raise :class:`InvalidMessageError` saying what is wrong."""
-        return cls.from_dict(_load(text, "message"))
+        return cls.from_dict(load(text, "message"))
 
 
 # -- agents and tasks -----------------------------------------------------------
@@ -373,7 +297,7 @@ class _Document:
         raise NotImplementedError
 
     def to_json(self) -> str:
-        return _dumps(self.to_dict())
+        return dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Self:
@@ -381,7 +305,7 @@ class _Document:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Self:
-        return cls.from_dict(_load(text, cls.__name__.lower()))
+        return cls.from_dict(load(text, cls.__name__.lower()))
 
     def evolve(self, **changes: Any) -> Self:
         """A copy with some fields changed (the models are immutable)."""
@@ -432,25 +356,28 @@ class Agent(_Document):
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Self:
         last_active = doc.get("last_active_at")
-        return cls(
-            id=_id(doc, "id"),
-            name=_str(doc, "name"),
-            nickname=_opt_str(doc, "nickname"),
-            role_id=_opt_str(doc, "role_id"),
-            parent_agent_id=_opt_id(doc, "parent_agent_id"),
-            spawn_mode=_enum(doc, "spawn_mode", SpawnMode, SpawnMode.FRESH),
-            agent_type=_enum(doc, "agent_type", AgentType, AgentType.WORKER),
-            state=_enum(doc, "state", AgentState, AgentState.STARTING),
-            cli=_str(doc, "cli"),
-            current_task=_opt_str(doc, "current_task"),
-            created_at=_time(doc, "created_at"),
-            last_heartbeat=_time(doc, "last_heartbeat"),
-            tasks_completed=_count(doc, "tasks_completed"),
-            rounds_completed=_count(doc, "rounds_completed", 0),
-            last_active_at=now()
-            if last_active is None
-            else parse_time(last_active, "last_active_at"),
-            extra=_extra(doc, _AGENT_KNOWN),
+        return build(
+            cls,
+            dict(
+                id=ident(doc, "id"),
+                name=text(doc, "name"),
+                nickname=opt_text(doc, "nickname"),
+                role_id=opt_text(doc, "role_id"),
+                parent_agent_id=opt_ident(doc, "parent_agent_id"),
+                spawn_mode=choice(doc, "spawn_mode", SpawnMode, SpawnMode.FRESH),
+                agent_type=choice(doc, "agent_type", AgentType, AgentType.WORKER),
+                state=choice(doc, "state", AgentState, AgentState.STARTING),
+                cli=text(doc, "cli"),
+                current_task=opt_text(doc, "current_task"),
+                created_at=time_field(doc, "created_at"),
+                last_heartbeat=time_field(doc, "last_heartbeat"),
+                tasks_completed=count(doc, "tasks_completed"),
+                rounds_completed=count(doc, "rounds_completed", 0),
+                last_active_at=now()
+                if last_active is None
+                else parse_time(last_active, "last_active_at"),
+                extra=extra(doc, _AGENT_KNOWN),
+            ),
         )
 
 
@@ -506,24 +433,27 @@ class Task(_Document):
         if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
             raise InvalidMessageError(f"tags: expected a list of strings, got {tags!r:.60}")
         state = doc.get("state", "pending")
-        return cls(
-            id=_id(doc, "id"),
-            description=_str(doc, "description"),
-            state=_enum(
-                {"state": "running" if state == "in_flight" else state},
-                "state",
-                TaskState,
-                TaskState.PENDING,
+        return build(
+            cls,
+            dict(
+                id=ident(doc, "id"),
+                description=text(doc, "description"),
+                state=choice(
+                    {"state": "running" if state == "in_flight" else state},
+                    "state",
+                    TaskState,
+                    TaskState.PENDING,
+                ),
+                assigned_to=opt_ident(doc, "assigned_to"),
+                created_at=time_field(doc, "created_at"),
+                updated_at=time_field(doc, "updated_at"),
+                started_at=opt_time_field(doc, "started_at"),
+                completed_at=opt_time_field(doc, "completed_at"),
+                result=opt_text(doc, "result"),
+                parent_id=opt_ident(doc, "parent_id"),
+                tags=tuple(tags),
+                extra=extra(doc, _TASK_KNOWN),
             ),
-            assigned_to=_opt_id(doc, "assigned_to"),
-            created_at=_time(doc, "created_at"),
-            updated_at=_time(doc, "updated_at"),
-            started_at=_opt_time(doc, "started_at"),
-            completed_at=_opt_time(doc, "completed_at"),
-            result=_opt_str(doc, "result"),
-            parent_id=_opt_id(doc, "parent_id"),
-            tags=tuple(tags),
-            extra=_extra(doc, _TASK_KNOWN),
         )
 
 

@@ -51,11 +51,22 @@ def send(keys: TownKeys, message: Message) -> Op[int]:
 
 
 def send_many(keys: TownKeys, messages: Iterable[Message]) -> Op[int]:
-    """Send in one pipeline (one round trip); returns how many were sent."""
-    commands = [send_command(keys, message) for message in messages]
-    if commands:
-        yield commands
-    return len(commands)
+    """Send in one round trip; returns how many were sent.
+
+    Messages for the same inbox and end go out as one variadic LPUSH/RPUSH. The
+    inboxes end up exactly as after one send() per message, because every LPUSH
+    lands in front of all RPUSHes whatever the interleaving; only the number of
+    commands Redis parses shrinks.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    sent = 0
+    for message in messages:
+        verb, key, payload = send_command(keys, message)
+        groups.setdefault((verb, key), []).append(payload)
+        sent += 1
+    if groups:
+        yield [(verb, key, *payloads) for (verb, key), payloads in groups.items()]
+    return sent
 
 
 def decode_message(raw: bytes | str, where: str, fate: str) -> Message | None:

@@ -240,7 +240,12 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     ):
         p = add(name, help_text)
         p.add_argument(
-            "--to", required=name == "send", default=NOBODY, type=_uuid, help="recipient agent id"
+            "--to",
+            required=name == "send",
+            default=NOBODY,
+            type=_uuid,
+            metavar="AGENT",
+            help="recipient agent id" + ("" if name == "send" else " (default: the nil UUID)"),
         )
         p.add_argument(
             "--from",
@@ -249,9 +254,22 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
             type=_uuid,
             help="sender agent id (default: the nil UUID)",
         )
-        p.add_argument("--type", required=True, choices=list(MESSAGE_TYPES), help="message type")
-        p.add_argument("--priority", default="normal", choices=[p.value for p in Priority])
-        p.add_argument("--correlation-id", type=_uuid, help="id of the message this answers")
+        p.add_argument(
+            "--type",
+            required=True,
+            choices=list(MESSAGE_TYPES),
+            metavar="TYPE",
+            help=f"message type: {', '.join(MESSAGE_TYPES)}",
+        )
+        p.add_argument(
+            "--priority",
+            default="normal",
+            choices=[p.value for p in Priority],
+            help="low, normal (default), high or urgent",
+        )
+        p.add_argument(
+            "--correlation-id", type=_uuid, metavar="ID", help="id of the message this answers"
+        )
         p.add_argument(
             "fields",
             nargs="*",

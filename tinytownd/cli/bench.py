@@ -1,0 +1,118 @@
+"""``tinytownd bench``: the seed's latency table, measured here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .. import bench
+from .common import command, emit
+
+
+def _progress(enabled: bool) -> bench.Progress:
+    def show(label: str, fraction: float) -> None:
+        if enabled:
+            filled = int(fraction * 30)
+            print(
+                f"\r[{'#' * filled}{' ' * (30 - filled)}] {label:<28}",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return show
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| Operation | p50 | p99 | raw redis-py (p50) | ratio |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['operation']} | {row['p50_us']:.0f} us | {row['p99_us']:.0f} us | "
+            f"{row['floor']} {row['floor_p50_us']:.0f} us | {row['ratio']:.2f}x |"
+        )
+    return lines
+
+
+def render(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    transports = ", ".join(
+        f"{row['operation']} {row['p50_us']:.0f} us vs {row['floor_p50_us']:.0f} us "
+        f"({row['ratio']:.2f}x)"
+        for row in report["unix_vs_tcp"]
+    )
+    many = report["send_many"]
+    lines = [
+        f"redis {machine['redis']}, Python {machine['python']}, {machine['cpus']} CPUs, "
+        f"hiredis {'on' if machine['hiredis'] else 'off'}, n={machine['n']}",
+        "",
+        "Unix socket",
+        "",
+        *_table(report["unix"]),
+        "",
+        "TCP loopback",
+        "",
+        *_table(report["tcp"]),
+        "",
+        f"unix socket vs TCP loopback, same server, alternating: {transports}",
+        f"send_many: {many['send_many_msgs_per_s']:,.0f} msgs/s (raw pipelined RPUSH "
+        f"{many['raw_pipeline_msgs_per_s']:,.0f} msgs/s; {many['ratio']:.2f}x)",
+    ]
+    for mode, e2e in report["end_to_end"].items():
+        lines.append(
+            f"two processes ({mode}): round trip p50 {e2e['round_trip_p50_us']:.0f} us, "
+            f"p99 {e2e['round_trip_p99_us']:.0f} us; "
+            f"{e2e['throughput_msgs_per_s']:,.0f} msgs/s one way"
+        )
+    if "supervisor" in report:
+        s = report["supervisor"]
+        lines += [
+            "",
+            "Supervisor",
+            "",
+            f"start to ready: {s['start_to_ready_ms_p50']:.0f} ms (p50)",
+            f"kill -9 to serving, empty: {s['kill9_to_serving_ms_empty']:.1f} ms (p50)",
+            f"kill -9 to serving, 100k keys, RDB: {s['kill9_to_serving_ms_rdb_100k']:.0f} ms",
+            f"kill -9 to serving, 100k keys, AOF: {s['kill9_to_serving_ms_aof_100k']:.0f} ms",
+            f"idle daemon: {s['idle_cpu_percent']:.2f}% of one core, {s['idle_rss_mb']:.0f} MB RSS",
+        ]
+    return "\n".join(lines)
+
+
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    progress = _progress(sys.stderr.isatty() and not args.json)
+    report = bench.run(args.dir, args.n, progress)
+    if args.supervisor:
+        report["supervisor"] = bench.supervisor_figures(progress)
+    if sys.stderr.isatty() and not args.json:
+        print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
+    emit(args, report, render(report))
+    return 0
+
+
+def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    p = add(
+        "bench",
+        "measure Channel latency against raw redis-py (a throwaway town if none runs in --dir)",
+    )
+    p.add_argument(
+        "--n", type=_at_least_100, default=5000, help="operations per measurement (default 5000)"
+    )
+    p.add_argument(
+        "--supervisor",
+        action="store_true",
+        help="also time start, kill -9 recovery, idle CPU and RSS (about 2 minutes)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _at_least_100(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 100:
+        raise argparse.ArgumentTypeError(f"must be at least 100, got {value}")
+    return value

@@ -1,0 +1,153 @@
+"""The JSON wire format's building blocks: ids, timestamps and checked field reads.
+
+Each reader takes the parsed document and a key, and names the key in its error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from .errors import InvalidMessageError
+
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+Id = str | uuid.UUID
+E = TypeVar("E", bound=StrEnum)
+T = TypeVar("T")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def canonical_id(value: Id, what: str = "id") -> str:
+    """Lowercase hyphenated UUID text for a ``uuid.UUID`` or any UUID string."""
+    if isinstance(value, str) and _UUID_TEXT.fullmatch(value):
+        return value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidMessageError(f"{what}: {value!r} is not a UUID") from None
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a ``Z``, as peers expect."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # %-formatting is about twice as fast as isoformat() here, and this is the hot path.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond,
+    )
+
+
+def parse_time(text: Any, what: str) -> datetime:
+    if not isinstance(text, str) or len(text) < 20 or text[10] not in "Tt ":
+        raise InvalidMessageError(f"{what}: {text!r} is not an RFC 3339 timestamp")
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidMessageError(f"{what}: {text!r} is not an RFC 3339 timestamp") from None
+    if moment.tzinfo is None:
+        raise InvalidMessageError(f"{what}: {text!r} has no UTC offset")
+    return moment.astimezone(UTC)
+
+
+def required(doc: Mapping[str, Any], key: str) -> Any:
+    try:
+        return doc[key]
+    except KeyError:
+        raise InvalidMessageError(f"missing field {key!r}") from None
+
+
+def text(doc: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = doc.get(key, default) if default is not None else required(doc, key)
+    if not isinstance(value, str):
+        raise InvalidMessageError(f"{key}: expected a string, got {value!r:.60}")
+    return value
+
+
+def opt_text(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidMessageError(f"{key}: expected a string or null, got {value!r:.60}")
+    return value
+
+
+def ident(doc: Mapping[str, Any], key: str) -> str:
+    return canonical_id(required(doc, key), key)
+
+
+def opt_ident(doc: Mapping[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    return None if value is None else canonical_id(value, key)
+
+
+def time_field(doc: Mapping[str, Any], key: str) -> datetime:
+    return parse_time(required(doc, key), key)
+
+
+def opt_time_field(doc: Mapping[str, Any], key: str) -> datetime | None:
+    value = doc.get(key)
+    return None if value is None else parse_time(value, key)
+
+
+def count(doc: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = doc.get(key, default) if default is not None else required(doc, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidMessageError(f"{key}: expected an integer >= 0, got {value!r:.60}")
+    return value
+
+
+def choice(doc: Mapping[str, Any], key: str, kind: type[E], default: E) -> E:
+    value = doc.get(key, default)
+    try:
+        return kind._value2member_map_[value]  # type: ignore[return-value]
+    except (KeyError, TypeError):
+        allowed = ", ".join(kind)
+        raise InvalidMessageError(f"{key}: {value!r:.60} is not one of {allowed}") from None
+
+
+def load(text: str | bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        raise InvalidMessageError(f"{what} is not JSON text: {err}") from None
+    if not isinstance(doc, dict):
+        raise InvalidMessageError(f"{what} is JSON but not an object")
+    return doc
+
+
+def extra(doc: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    unknown = doc.keys() - known
+    return {key: doc[key] for key in doc if key in unknown} if unknown else {}
+
+
+def build(cls: type[T], values: dict[str, Any]) -> T:
+    """An instance of a frozen dataclass from checked values, without its __init__.
+
+    Decoding is on every receive and state read; the generated __init__ of a frozen
+    dataclass sets each field through object.__setattr__, which costs more than all
+    the checks.
+    """
+    instance = object.__new__(cls)
+    instance.__dict__.update(values)
+    return instance
