@@ -15,7 +15,7 @@ from tinytownd.errors import ConfigError
 
 
 def test_the_documented_default_file_matches_the_built_in_defaults() -> None:
-    shipped = resources.files("tinytownd.data").joinpath("tinytown.toml").read_text()
+    shipped = resources.files("tinytownd").joinpath("data/tinytown.toml").read_text()
     loaded = config.from_mapping(tomllib.loads(shipped), default_name="x")
     assert loaded == config.Config(name="x")
 

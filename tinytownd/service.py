@@ -57,7 +57,7 @@ def render_systemd(paths: ProjectPaths, config: Config) -> ServiceFile:
         "@WORKDIR@": str(paths.root).replace("%", "%%"),
         "@RW_PATHS@": " ".join(_systemd_quote(p) if p != "%t" else p for p in writable),
     }
-    text = resources.files("tinytownd.systemd").joinpath("tinytownd.service").read_text()
+    text = resources.files("tinytownd").joinpath("data/tinytownd.service").read_text()
     for placeholder, value in values.items():
         text = text.replace(placeholder, value)
     return ServiceFile("systemd", name, _user_config_home() / "systemd" / "user" / name, text)
@@ -65,7 +65,7 @@ def render_systemd(paths: ProjectPaths, config: Config) -> ServiceFile:
 
 def render_launchd(paths: ProjectPaths, config: Config) -> ServiceFile:
     label = f"io.tinytown.tinytownd.{config.name}"
-    template = resources.files("tinytownd.launchd").joinpath("tinytownd.plist").read_bytes()
+    template = resources.files("tinytownd").joinpath("data/tinytownd.plist").read_bytes()
     plist = plistlib.loads(template)
     log = str(paths.daemon_log)
     plist.update(

@@ -1,1 +1,0 @@
-"""The documented default tinytown.toml, shipped inside the package as ``tinytownd.data``."""

@@ -1,1 +1,0 @@
-"""The launchd template, shipped inside the package as ``tinytownd.launchd``."""

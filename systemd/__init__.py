@@ -1,1 +1,0 @@
-"""The systemd template, shipped inside the package as ``tinytownd.systemd``."""
