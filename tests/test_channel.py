@@ -260,3 +260,15 @@ def test_channel_accepts_any_redis_client(town: Path) -> None:
     channel.send(Message.ping(ME, to))
     assert channel.receive(to, timeout=1) is not None
     assert client(town).lrange(f"tt:demo:dead:{to}", 0, -1) == [b"\xff"]
+
+
+@pytest.mark.parametrize("name", ["a:b", "a*", "a?", "a[b", "a b", ""])
+def test_every_entry_point_refuses_unsafe_town_names(name: str) -> None:
+    from tinytownd import Channel as SyncChannel
+    from tinytownd import ConfigError, aio
+
+    fake = redis.Redis(unix_socket_path="/nonexistent")  # never contacted
+    with pytest.raises(ConfigError, match="invalid town name"):
+        SyncChannel(fake, town=name)
+    with pytest.raises(ConfigError, match="invalid town name"):
+        aio.Channel(aio.aioredis.Redis(unix_socket_path="/nonexistent"), town=name)

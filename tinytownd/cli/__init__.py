@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import TinytownError
-from . import bench, daemon, service, town
+from . import backup, bench, daemon, service, town
 from .common import COMMANDS
 
 
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon.add_parsers(add)
     town.add_parsers(add)
     service.add_parsers(add)
+    backup.add_parsers(add)
     bench.add_parsers(add)
     return parser
 

@@ -1,0 +1,252 @@
+"""``tinytownd save`` and ``restore``: a town's data as one RDB file, moved safely.
+
+Save never hands out a half-written file (Redis writes the snapshot, we copy it
+through a temp file, fsync and rename). Restore checks the file with Redis's
+own checker first, keeps the data it replaces in ``.tt/backup-<time>/`` (never
+deleted by us), and puts the old data back if anything fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from . import control, migrate, ops, redis_server
+from .config import Config
+from .errors import NotRunningError, StartupError, TinytownError
+from .keys import LEGACY_KINDS
+from .migrate import MigrationReport
+from .paths import ProjectPaths
+
+DEFAULT_FILE = "tinytown-state.rdb"
+_KEYS_READ = re.compile(r"\[info\] (\d+) keys read")
+
+
+class BackupError(TinytownError):
+    """A snapshot could not be made, checked or restored."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    path: Path
+    size: int
+    keys: int
+    taken_at: float
+
+
+def check_rdb(config: Config, path: Path) -> int:
+    """Run Redis's RDB checker on a copy of ``path``; return its key count or raise."""
+    binary = redis_server.find_binary(config)
+    with tempfile.TemporaryDirectory(prefix="ttc-") as scratch:
+        copy = Path(scratch) / "check.rdb"
+        shutil.copyfile(path, copy)
+        done = subprocess.run(
+            ["redis-check-rdb", str(copy)],
+            executable=binary.path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    found = _KEYS_READ.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        errors = [line for line in done.stdout.splitlines() if line.startswith("[offset")]
+        reason = errors[-1].split("] ", 1)[-1] if errors else "not an RDB file"
+        raise BackupError(f"{path} is not a valid Redis snapshot: {reason}")
+    return int(found.group(1))
+
+
+def _copy_atomically(source: Path, target: Path) -> int:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(source, "rb") as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return target.stat().st_size
+
+
+def _client(paths: ProjectPaths) -> redis.Redis:
+    return redis_server.connect(paths, timeout=30)
+
+
+def save(paths: ProjectPaths, config: Config, target: Path, timeout: float = 600) -> Snapshot:
+    """Snapshot the running town (BGSAVE, waiting for success) and copy it to ``target``.
+
+    The snapshot holds every write acknowledged before this call.
+    """
+    client = _client(paths)
+    try:
+        client.ping()
+    except (redis.ConnectionError, FileNotFoundError):
+        raise NotRunningError(
+            f"town {config.name!r} is not running; start it with `tinytownd start` first"
+        ) from None
+    deadline = time.monotonic() + timeout
+    try:
+        # A save already under way may have started before we were asked: let it end.
+        while _persistence(client)["rdb_bgsave_in_progress"]:
+            _tick(deadline, timeout)
+        saves = int(_persistence(client)["rdb_saves"])
+        try:
+            client.execute_command("BGSAVE", "SCHEDULE")
+        except redis.ResponseError as err:
+            if "already in progress" not in str(err):  # else one began after our request
+                raise BackupError(f"Redis refused to snapshot: {err}") from None
+        while True:
+            info = _persistence(client)
+            if not info["rdb_bgsave_in_progress"]:
+                if int(info["rdb_saves"]) > saves:
+                    break
+                if info["rdb_last_bgsave_status"] != "ok":
+                    raise BackupError(
+                        "Redis could not write its snapshot; see `tinytownd logs --redis`"
+                    )
+            _tick(deadline, timeout)
+        directory = str(client.config_get("dir")["dir"])
+        live = Path(directory) / str(client.config_get("dbfilename")["dbfilename"])
+        taken_at = float(info["rdb_last_save_time"])
+    finally:
+        client.close()
+    size = _copy_atomically(live, target)
+    return Snapshot(target, size, check_rdb(config, target), taken_at)
+
+
+def _persistence(client: redis.Redis) -> dict[str, Any]:
+    info: dict[str, Any] = client.info("persistence")
+    return info
+
+
+def _tick(deadline: float, timeout: float) -> None:
+    if time.monotonic() > deadline:
+        raise BackupError(f"the snapshot did not finish within {timeout:g}s")
+    time.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class Restored:
+    keys: int
+    backup: Path
+    renamed: MigrationReport | None
+
+
+def current_keys(paths: ProjectPaths) -> int | None:
+    """How many keys the running town holds (all databases), or None if it is not running."""
+    client = _client(paths)
+    try:
+        return _total_keys(client)
+    except (redis.ConnectionError, FileNotFoundError):
+        return None
+    finally:
+        client.close()
+
+
+def _total_keys(client: redis.Redis) -> int:
+    return sum(int(db["keys"]) for db in client.info("keyspace").values())
+
+
+def restore(
+    paths: ProjectPaths, config: Config, source: Path, rename_from: str | None = None
+) -> Restored:
+    """Replace the town's data with the snapshot ``source`` and start the town on it.
+
+    ``rename_from``: a town name whose keys to move into this town afterwards, or
+    ``"*"`` to pick the one other town found in the snapshot.
+    """
+    expected = check_rdb(config, source)
+    was_running = current_keys(paths) is not None
+    control.stop(paths, config)  # SHUTDOWN SAVE: the data we set aside is complete
+    paths.ensure_state_dir()
+    backup = _new_backup_dir(paths)
+    kept = [item for item in (paths.rdb, paths.aof_dir) if item.exists()]
+    for item in kept:
+        os.rename(item, backup / item.name)
+    try:
+        _copy_atomically(source, paths.rdb)
+        # No AOF on disk now, so Redis loads the snapshot; if AOF is configured the
+        # daemon turns it on and waits until it is rebuilt from the restored data.
+        control.start(paths, config)
+        client = _client(paths)
+        try:
+            loaded = _total_keys(client)
+            if loaded != expected:
+                raise BackupError(f"Redis loaded {loaded} keys, the snapshot has {expected}")
+            renamed = _rename(client, config, rename_from) if rename_from else None
+        finally:
+            client.close()
+    except (TinytownError, OSError, redis.RedisError) as err:
+        _roll_back(paths, config, backup, kept, was_running)
+        raise BackupError(f"restore failed, previous data back in force: {err}") from None
+    return Restored(expected, backup, renamed)
+
+
+def _new_backup_dir(paths: ProjectPaths) -> Path:
+    stamp = time.strftime("backup-%Y%m%dT%H%M%S")
+    for attempt in range(1000):
+        candidate = paths.state_dir / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir(mode=0o700)
+            return candidate
+        except FileExistsError:
+            continue
+    raise BackupError(f"cannot create a backup directory in {paths.state_dir}")
+
+
+def _roll_back(
+    paths: ProjectPaths, config: Config, backup: Path, kept: list[Path], was_running: bool
+) -> None:
+    with contextlib.suppress(TinytownError):
+        control.stop(paths, config)
+    attempt = backup / "failed-restore"
+    attempt.mkdir(exist_ok=True)
+    for item in (paths.rdb, paths.aof_dir):
+        if item.exists():
+            os.rename(item, attempt / item.name)
+    for item in kept:
+        os.rename(backup / item.name, item)
+    if was_running:
+        with contextlib.suppress(StartupError):  # the caller's error says what happened
+            control.start(paths, config)
+
+
+def towns_in(client: redis.Redis) -> set[str]:
+    towns = set()
+    for key in client.scan_iter(match="tt:*", count=1000):
+        parts = key.decode("utf-8", "replace").split(":")
+        if len(parts) >= 3 and not (len(parts) == 3 and parts[1] in LEGACY_KINDS):
+            towns.add(parts[1])
+    return towns
+
+
+def _rename(client: redis.Redis, config: Config, rename_from: str) -> MigrationReport:
+    if rename_from == "*":
+        others = sorted(towns_in(client) - {config.name})
+        if len(others) > 1:
+            raise BackupError(
+                f"the snapshot holds several towns ({', '.join(others)}); "
+                "name one with --rename-town OLD"
+            )
+        if not others:
+            return MigrationReport()
+        rename_from = others[0]
+    return ops.run_sync(
+        migrate.rename_town(rename_from, config.name),
+        lambda step: client.execute_command(*step),
+    )

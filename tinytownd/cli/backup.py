@@ -1,0 +1,105 @@
+"""``tinytownd save`` and ``tinytownd restore``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import backup
+from ..errors import ConfigError
+from .common import command, emit, project
+
+
+@command("save")
+def cmd_save(args: argparse.Namespace) -> int:
+    paths, config = project(args)
+    target = Path(args.to) if args.to else paths.root / backup.DEFAULT_FILE
+    if target.is_dir():
+        target = target / backup.DEFAULT_FILE
+    snapshot = backup.save(paths, config, target.resolve())
+    taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snapshot.taken_at))
+    emit(
+        args,
+        {
+            "file": str(snapshot.path),
+            "bytes": snapshot.size,
+            "keys": snapshot.keys,
+            "taken_at": taken,
+        },
+        f"wrote {snapshot.path}: {snapshot.size:,} bytes, {snapshot.keys} keys, "
+        f"snapshot of {taken}",
+    )
+    return 0
+
+
+@command("restore")
+def cmd_restore(args: argparse.Namespace) -> int:
+    paths, config = project(args)
+    source = Path(args.file).resolve()
+    if not source.is_file():
+        raise ConfigError(f"{source} is not a file")
+    incoming = backup.check_rdb(config, source)
+    current = backup.current_keys(paths)
+    replaces = (
+        f"the running town's {current} keys"
+        if current is not None
+        else f"the stopped town's data in {paths.state_dir}"
+    )
+    print(
+        f"{source} holds {incoming} keys and will replace {replaces} "
+        f"(kept in {paths.state_dir}/backup-<time>/).",
+        file=sys.stderr if args.json else sys.stdout,
+    )
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise ConfigError("restore replaces the town's data: rerun with --force to go ahead")
+        if input("restore? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing changed")
+            return 0
+    rename = args.rename_town
+    restored = backup.restore(paths, config, source, rename)
+    line = f"restored {restored.keys} keys; previous data kept in {restored.backup}"
+    if restored.renamed is not None:
+        line += f"; renamed {len(restored.renamed.moved)} keys into town {config.name!r}" + (
+            f", {len(restored.renamed.conflicts)} conflicts left alone"
+            if restored.renamed.conflicts
+            else ""
+        )
+    emit(
+        args,
+        {
+            "keys": restored.keys,
+            "backup": str(restored.backup),
+            "renamed": None if restored.renamed is None else len(restored.renamed.moved),
+            "conflicts": None
+            if restored.renamed is None
+            else [list(pair) for pair in restored.renamed.conflicts],
+        },
+        line,
+    )
+    return 0
+
+
+def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    p = add("save", "snapshot the running town into one file (safe to commit or copy)")
+    p.add_argument(
+        "--to",
+        metavar="FILE",
+        help=f"where to write it (default: {backup.DEFAULT_FILE} in the project)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("restore", "replace the town's data with a snapshot from `tinytownd save`")
+    p.add_argument("file", help="the snapshot file")
+    p.add_argument("--force", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--rename-town",
+        nargs="?",
+        const="*",
+        metavar="OLD",
+        help="move the snapshot's keys from town OLD (default: the one other town "
+        "in it) into this town",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
