@@ -8,6 +8,21 @@ from pathlib import Path
 import pytest
 from support import project_dir, tinytownd
 
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="fault-injection tests: 20+ kill -9 cycles per mode instead of 4",
+    )
+
+
+@pytest.fixture
+def cycles(request: pytest.FixtureRequest) -> int:
+    """How many times the fault tests kill Redis."""
+    return 20 if request.config.getoption("--long") else 4
+
+
 FAST_SUPERVISOR = """
 [supervisor]
 health_interval = 0.1

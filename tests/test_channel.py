@@ -272,3 +272,56 @@ def test_every_entry_point_refuses_unsafe_town_names(name: str) -> None:
         SyncChannel(fake, town=name)
     with pytest.raises(ConfigError, match="invalid town name"):
         aio.Channel(aio.aioredis.Redis(unix_socket_path="/nonexistent"), town=name)
+
+
+def test_receive_never_outlives_its_timeout_and_reconnects_by_itself(
+    channel: Any, town: Path
+) -> None:
+    import os
+    import signal
+
+    from support import serving_pid, status, wait_until
+
+    to = agent()
+    daemon = status(town)["daemon_pid"]
+    os.kill(daemon, signal.SIGSTOP)  # nobody restarts Redis while we look
+    try:
+        os.kill(serving_pid(town), signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError):
+            channel.receive(to, timeout=1.0)
+        assert time.monotonic() - started < 2.5  # not 1 s per retry
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    wait_until(lambda: serving_pid(town), what="restart")
+    channel.send(Message.ping(ME, to))  # the same channel, reconnected
+    assert channel.receive(to, timeout=5) is not None
+
+
+def test_a_subscription_survives_a_redis_crash(channel: Any, town: Path) -> None:
+    import os
+    import signal
+
+    from support import serving_pid, wait_until
+
+    subscription = channel.subscribe()
+    try:
+        old = serving_pid(town)
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: serving_pid(town) != old, what="restart")
+        assert subscription.get(timeout=0.5) is None  # reconnects and resubscribes
+        wait_until(
+            lambda: client(town).pubsub_numsub("tt:broadcast")[0][1] == 1, what="resubscribed"
+        )
+        message = Message.ping(ME, agent())
+        channel.broadcast(message)
+        assert subscription.get(timeout=5) == message
+    finally:
+        subscription.close()
+
+
+def test_a_10_mb_message_round_trips(channel: Any) -> None:
+    to = agent()
+    big = Message.custom(ME, to, "blob", "x" * 10_000_000)
+    channel.send(big)
+    assert channel.receive(to, timeout=10) == big

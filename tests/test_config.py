@@ -8,6 +8,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support import tinytownd
 
 from tinytownd import config
@@ -125,3 +127,44 @@ def test_redis_server_from_env_must_be_runnable(tmp: Path) -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.Config(name="t").name = "u"  # type: ignore[misc]
+
+
+toml_values = st.recursive(
+    st.one_of(st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)),
+    lambda inner: st.dictionaries(
+        st.sampled_from(
+            [
+                "save",
+                "appendonly",
+                "appendfsync",
+                "max_restarts",
+                "health_interval",
+                "url",
+                "server",
+                "broadcast",
+                "nmae",
+                "x",
+            ]
+        ),
+        inner,
+        max_size=4,
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "redis", "persistence", "supervisor", "channel", "x"]),
+        toml_values,
+        max_size=5,
+    )
+)
+def test_any_toml_document_gives_a_config_or_one_clear_error(data: dict[str, object]) -> None:
+    try:
+        loaded = config.from_mapping(data, default_name="fallback", source="tinytown.toml")
+    except ConfigError as err:
+        assert "\n" not in str(err) and str(err).startswith("tinytown.toml")
+    else:
+        assert isinstance(loaded, config.Config)

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
 
 from . import ops
+from .channel import RETRYABLE
 from .config import Config
 from .keys import TownKeys
 from .models import Agent, Id, Message, Task, canonical_id
@@ -33,6 +34,21 @@ class Channel:
         self.keys = TownKeys(town, town_broadcast)
 
     async def _execute(self, step: ops.Step) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await self._execute_once(step)
+            except RETRYABLE:
+                delay = ops.retry_delay(step, attempt)
+                if delay is None:
+                    raise
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def _execute_once(self, step: ops.Step) -> Any:
+        if isinstance(step, ops.Pop):
+            reply = await self.redis.execute_command(*step.command(), **{NEVER_DECODE: True})
+            return step.value(reply)
         if isinstance(step, list):
             pipe = self.redis.pipeline(transaction=False)
             for command in step:
@@ -40,7 +56,8 @@ class Channel:
             return await pipe.execute()
         return await self.redis.execute_command(*step, **{NEVER_DECODE: True})
 
-    async def _run(self, op: ops.Op[ops.T]) -> ops.T:
+    async def run(self, op: ops.Op[ops.T]) -> ops.T:
+        """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""
         try:
             step = next(op)
             while True:
@@ -49,25 +66,25 @@ class Channel:
             return done.value  # type: ignore[no-any-return]
 
     async def send(self, message: Message) -> None:
-        await self._run(ops.send(self.keys, message))
+        await self.run(ops.send(self.keys, message))
 
     async def send_many(self, messages: Iterable[Message]) -> int:
-        return await self._run(ops.send_many(self.keys, messages))
+        return await self.run(ops.send_many(self.keys, messages))
 
     async def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
-        return await self._run(ops.receive(self.keys, agent_id, timeout))
+        return await self.run(ops.receive(self.keys, agent_id, timeout))
 
     async def try_receive(self, agent_id: Id) -> Message | None:
-        return await self._run(ops.try_receive(self.keys, agent_id))
+        return await self.run(ops.try_receive(self.keys, agent_id))
 
     async def inbox_len(self, agent_id: Id) -> int:
-        return await self._run(ops.inbox_len(self.keys, agent_id))
+        return await self.run(ops.inbox_len(self.keys, agent_id))
 
     async def peek(self, agent_id: Id, count: int = 10, *, dead: bool = False) -> list[bytes]:
-        return await self._run(ops.peek(self.keys, agent_id, count, dead))
+        return await self.run(ops.peek(self.keys, agent_id, count, dead))
 
     async def broadcast(self, message: Message) -> int:
-        return await self._run(ops.broadcast(self.keys, message))
+        return await self.run(ops.broadcast(self.keys, message))
 
     async def subscribe(self) -> Subscription:
         subscription = Subscription(self.redis, self.keys.broadcast)
@@ -75,22 +92,22 @@ class Channel:
         return subscription
 
     async def set_agent_state(self, agent: Agent) -> None:
-        await self._run(ops.set_state(self.keys.agent(agent.id), agent))
+        await self.run(ops.set_state(self.keys.agent(agent.id), agent))
 
     async def get_agent_state(self, agent_id: Id) -> Agent | None:
-        return await self._run(ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent))
+        return await self.run(ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent))
 
     async def set_task(self, task: Task) -> None:
-        await self._run(ops.set_state(self.keys.task(task.id), task))
+        await self.run(ops.set_state(self.keys.task(task.id), task))
 
     async def get_task(self, task_id: Id) -> Task | None:
-        return await self._run(ops.get_state(self.keys.task(canonical_id(task_id)), Task))
+        return await self.run(ops.get_state(self.keys.task(canonical_id(task_id)), Task))
 
     async def agents(self) -> list[Agent]:
-        return await self._run(ops.all_states(self.keys, Agent))
+        return await self.run(ops.all_states(self.keys, Agent))
 
     async def tasks(self) -> list[Task]:
-        return await self._run(ops.all_states(self.keys, Task))
+        return await self.run(ops.all_states(self.keys, Task))
 
 
 class Subscription:
@@ -105,9 +122,19 @@ class Subscription:
 
     async def get(self, timeout: float | None = None) -> Message | None:
         deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            event = await self._pubsub.get_message(timeout=left)
+            try:
+                event = await self._pubsub.get_message(timeout=left)
+                attempt = 0
+            except RETRYABLE:  # redis-py reconnects and resubscribes on the next call
+                delay = ops.backoff(attempt, deadline)
+                if delay is None:
+                    raise
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
             if event is not None and event["type"] == "message":
                 message = ops.decode_message(event["data"], self.channel, "skipped")
                 if message is not None:

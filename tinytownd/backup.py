@@ -21,7 +21,8 @@ from typing import Any
 
 import redis
 
-from . import control, migrate, ops, redis_server
+from . import control, migrate, redis_server
+from .channel import Channel
 from .config import Config
 from .errors import NotRunningError, StartupError, TinytownError
 from .keys import LEGACY_KINDS
@@ -174,7 +175,7 @@ def restore(
     was_running = current_keys(paths) is not None
     control.stop(paths, config)  # SHUTDOWN SAVE: the data we set aside is complete
     paths.ensure_state_dir()
-    backup = _new_backup_dir(paths)
+    backup = paths.new_backup_dir()
     kept = [item for item in (paths.rdb, paths.aof_dir) if item.exists()]
     for item in kept:
         os.rename(item, backup / item.name)
@@ -195,18 +196,6 @@ def restore(
         _roll_back(paths, config, backup, kept, was_running)
         raise BackupError(f"restore failed, previous data back in force: {err}") from None
     return Restored(expected, backup, renamed)
-
-
-def _new_backup_dir(paths: ProjectPaths) -> Path:
-    stamp = time.strftime("backup-%Y%m%dT%H%M%S")
-    for attempt in range(1000):
-        candidate = paths.state_dir / (stamp if attempt == 0 else f"{stamp}-{attempt}")
-        try:
-            candidate.mkdir(mode=0o700)
-            return candidate
-        except FileExistsError:
-            continue
-    raise BackupError(f"cannot create a backup directory in {paths.state_dir}")
 
 
 def _roll_back(
@@ -246,7 +235,4 @@ def _rename(client: redis.Redis, config: Config, rename_from: str) -> MigrationR
         if not others:
             return MigrationReport()
         rename_from = others[0]
-    return ops.run_sync(
-        migrate.rename_town(rename_from, config.name),
-        lambda step: client.execute_command(*step),
-    )
+    return Channel(client, config.name).run(migrate.rename_town(rename_from, config.name))

@@ -18,6 +18,8 @@ from . import ops
 from .keys import TownKeys
 from .models import Agent, Id, Message, Task, canonical_id
 
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
+
 
 class Channel:
     """Send and receive messages and keep agent and task state for one town.
@@ -31,6 +33,20 @@ class Channel:
         self.keys = TownKeys(town, town_broadcast)
 
     def _execute(self, step: ops.Step) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return self._execute_once(step)
+            except RETRYABLE:
+                delay = ops.retry_delay(step, attempt)
+                if delay is None:
+                    raise
+                attempt += 1
+                time.sleep(delay)
+
+    def _execute_once(self, step: ops.Step) -> Any:
+        if isinstance(step, ops.Pop):
+            return step.value(self.redis.execute_command(*step.command(), **{NEVER_DECODE: True}))
         if isinstance(step, list):
             pipe = self.redis.pipeline(transaction=False)
             for command in step:
@@ -38,57 +54,58 @@ class Channel:
             return pipe.execute()
         return self.redis.execute_command(*step, **{NEVER_DECODE: True})
 
-    def _run(self, op: ops.Op[ops.T]) -> ops.T:
+    def run(self, op: ops.Op[ops.T]) -> ops.T:
+        """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""
         return ops.run_sync(op, self._execute)
 
     def send(self, message: Message) -> None:
         """Queue ``message`` in its recipient's inbox (urgent/high at the front)."""
-        self._run(ops.send(self.keys, message))
+        self.run(ops.send(self.keys, message))
 
     def send_many(self, messages: Iterable[Message]) -> int:
         """Queue several messages in one round trip; returns how many."""
-        return self._run(ops.send_many(self.keys, messages))
+        return self.run(ops.send_many(self.keys, messages))
 
     def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
         """The next message for ``agent_id``, waiting up to ``timeout`` (None: forever)."""
-        return self._run(ops.receive(self.keys, agent_id, timeout))
+        return self.run(ops.receive(self.keys, agent_id, timeout))
 
     def try_receive(self, agent_id: Id) -> Message | None:
         """The next message if one is waiting, else None at once."""
-        return self._run(ops.try_receive(self.keys, agent_id))
+        return self.run(ops.try_receive(self.keys, agent_id))
 
     def inbox_len(self, agent_id: Id) -> int:
-        return self._run(ops.inbox_len(self.keys, agent_id))
+        return self.run(ops.inbox_len(self.keys, agent_id))
 
     def peek(self, agent_id: Id, count: int = 10, *, dead: bool = False) -> list[bytes]:
         """Raw payloads at the head of the inbox (or dead-letter list), left in place."""
-        return self._run(ops.peek(self.keys, agent_id, count, dead))
+        return self.run(ops.peek(self.keys, agent_id, count, dead))
 
     def broadcast(self, message: Message) -> int:
         """Publish to every subscriber; returns how many received it."""
-        return self._run(ops.broadcast(self.keys, message))
+        return self.run(ops.broadcast(self.keys, message))
 
     def subscribe(self) -> Subscription:
         """Broadcast messages as they arrive: iterate, or :meth:`Subscription.get`."""
         return Subscription(self.redis, self.keys.broadcast)
 
     def set_agent_state(self, agent: Agent) -> None:
-        self._run(ops.set_state(self.keys.agent(agent.id), agent))
+        self.run(ops.set_state(self.keys.agent(agent.id), agent))
 
     def get_agent_state(self, agent_id: Id) -> Agent | None:
-        return self._run(ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent))
+        return self.run(ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent))
 
     def set_task(self, task: Task) -> None:
-        self._run(ops.set_state(self.keys.task(task.id), task))
+        self.run(ops.set_state(self.keys.task(task.id), task))
 
     def get_task(self, task_id: Id) -> Task | None:
-        return self._run(ops.get_state(self.keys.task(canonical_id(task_id)), Task))
+        return self.run(ops.get_state(self.keys.task(canonical_id(task_id)), Task))
 
     def agents(self) -> list[Agent]:
-        return self._run(ops.all_states(self.keys, Agent))
+        return self.run(ops.all_states(self.keys, Agent))
 
     def tasks(self) -> list[Task]:
-        return self._run(ops.all_states(self.keys, Task))
+        return self.run(ops.all_states(self.keys, Task))
 
 
 class Subscription:
@@ -102,9 +119,19 @@ class Subscription:
     def get(self, timeout: float | None = None) -> Message | None:
         """The next valid broadcast, or None after ``timeout`` seconds (None: wait forever)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            event = self._pubsub.get_message(timeout=left)
+            try:
+                event = self._pubsub.get_message(timeout=left)
+                attempt = 0
+            except RETRYABLE:  # redis-py reconnects and resubscribes on the next call
+                delay = ops.backoff(attempt, deadline)
+                if delay is None:
+                    raise
+                attempt += 1
+                time.sleep(delay)
+                continue
             if event is not None and event["type"] == "message":
                 message = ops.decode_message(event["data"], self.channel, "skipped")
                 if message is not None:

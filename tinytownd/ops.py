@@ -1,7 +1,9 @@
 """Every Channel operation as a plain generator, free of I/O.
 
-An operation yields Redis commands (a tuple of arguments, or a list of them to
-send as one pipeline) and receives each reply; its return value is the result.
+An operation yields Redis commands (a tuple of arguments, a list of them to send
+as one pipeline, or a :class:`Pop`) and receives each reply; its return value is
+the result. Drivers retry a step whose connection failed as :func:`retry_delay`
+says.
 :class:`tinytownd.Channel` runs them with redis-py and
 :class:`tinytownd.aio.Channel` with redis.asyncio, so both flavours share every
 decision: which key, which command, how to encode, and what to do with bad data.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -22,13 +25,60 @@ from .models import Agent, Id, Message, Task, canonical_id
 log = logging.getLogger("tinytownd.channel")
 
 Command = tuple[Any, ...]
-Step = Command | list[Command]
+
+#: Redis counts BLPOP timeouts in seconds with millisecond resolution.
+_MIN_BLOCK = 0.001
+
+
+@dataclass(frozen=True)
+class Pop:
+    """Take the head of ``key``, blocking until ``deadline`` (monotonic; None: forever).
+
+    A step of its own rather than a fixed BLPOP, so that a driver retrying it after
+    a lost connection asks only for the time that is left, and gives up once the
+    deadline has passed: a receive never outlives its timeout.
+    """
+
+    key: str
+    deadline: float | None
+
+    def command(self) -> Command:
+        if self.deadline is None:
+            return ("BLPOP", self.key, 0)
+        left = self.deadline - time.monotonic()
+        return ("LPOP", self.key) if left < _MIN_BLOCK else ("BLPOP", self.key, f"{left:.3f}")
+
+    @staticmethod
+    def value(reply: Any) -> Any:
+        """The popped payload from a BLPOP (key, value) or LPOP (value) reply."""
+        return reply[1] if isinstance(reply, list | tuple) else reply
+
+
+Step = Command | list[Command] | Pop
 T = TypeVar("T")
 Op = Generator[Step, Any, T]
 S = TypeVar("S", Agent, Task)
 
-#: Redis counts BLPOP timeouts in seconds with millisecond resolution.
-_MIN_BLOCK = 0.001
+#: Pauses before each retry of a command whose connection failed: about 1.8 s in
+#: all, enough to ride through a crash-restart of the local Redis (milliseconds).
+RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.5, 0.5)
+
+
+def retry_delay(step: Step, attempt: int) -> float | None:
+    """How long to wait before retrying ``step`` after its ``attempt``-th connection
+    failure, or None to give up and raise. A retried write may have been applied
+    before the connection broke, so delivery is at-least-once."""
+    return backoff(attempt, step.deadline if isinstance(step, Pop) else None)
+
+
+def backoff(attempt: int, deadline: float | None = None) -> float | None:
+    """The pause before retry number ``attempt`` (from 0), never past ``deadline``."""
+    if attempt >= len(RETRY_DELAYS):
+        return None
+    if deadline is None:
+        return RETRY_DELAYS[attempt]
+    left = deadline - time.monotonic()
+    return None if left <= 0 else min(RETRY_DELAYS[attempt], left)
 
 
 def seconds(timeout: float | timedelta | None) -> float | None:
@@ -86,16 +136,7 @@ def receive(keys: TownKeys, agent_id: Id, timeout: float | timedelta | None) -> 
     wait = seconds(timeout)
     deadline = None if wait is None else time.monotonic() + wait
     while True:
-        if deadline is None:
-            reply = yield ("BLPOP", inbox, 0)
-            raw = reply[1] if reply else None
-        else:
-            left = deadline - time.monotonic()
-            if left < _MIN_BLOCK:
-                raw = yield ("LPOP", inbox)
-            else:
-                reply = yield ("BLPOP", inbox, f"{left:.3f}")
-                raw = reply[1] if reply else None
+        raw = yield Pop(inbox, deadline)
         if raw is None:
             return None
         message = decode_message(raw, inbox, "moved to " + keys.dead(agent))

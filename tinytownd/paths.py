@@ -14,6 +14,7 @@ import os
 import stat
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,18 @@ class ProjectPaths:
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise StartupError(f"cannot write to {self.state_dir}; fix its permissions")
         os.chmod(self.state_dir, 0o700)
+
+    def new_backup_dir(self) -> Path:
+        """A fresh ``.tt/backup-<time>/`` (mode 0700) for data we set aside; never deleted."""
+        stamp = time.strftime("backup-%Y%m%dT%H%M%S")
+        for attempt in range(1000):
+            candidate = self.state_dir / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+            try:
+                candidate.mkdir(mode=0o700)
+                return candidate
+            except FileExistsError:
+                continue
+        raise StartupError(f"cannot create a backup directory in {self.state_dir}")
 
     def link_socket(self) -> None:
         """Point the short runtime link at the socket (only needed for deep directories)."""

@@ -22,6 +22,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import redis_log
 from .config import Config, Persistence
 from .errors import ForeignSocketError, StartupError
 from .paths import ProjectPaths
@@ -150,9 +151,12 @@ class RedisProcess:
     can wait for it together with signals instead of polling.
     """
 
-    def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(
+        self, pid: int, popen: subprocess.Popen[bytes] | None = None, log_offset: int = 0
+    ) -> None:
         self.pid = pid
         self.popen = popen
+        self.log_offset = log_offset  # where this process's lines start in redis.log
         self._fd = self._exit_fd(pid)
 
     @staticmethod
@@ -197,6 +201,7 @@ class RedisProcess:
 
 def spawn(binary: ServerBinary, paths: ProjectPaths, persistence: Persistence) -> RedisProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+    offset = redis_log.size(paths)
     with open(paths.redis_log, "ab") as log:
         popen = subprocess.Popen(
             launch_args(binary, paths, persistence),
@@ -209,17 +214,7 @@ def spawn(binary: ServerBinary, paths: ProjectPaths, persistence: Persistence) -
             # directly; the daemon stops it with SHUTDOWN SAVE instead.
             start_new_session=True,
         )
-    return RedisProcess(popen.pid, popen)
-
-
-def log_tail(paths: ProjectPaths, lines: int = 8) -> list[str]:
-    try:
-        with open(paths.redis_log, "rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - 8192))
-            text = log.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return []
-    return [line for line in text.splitlines() if line.strip()][-lines:]
+    return RedisProcess(popen.pid, popen, log_offset=offset)
 
 
 def wait_ready(process: RedisProcess, paths: ProjectPaths, timeout: float) -> redis.Redis:
@@ -236,8 +231,8 @@ def wait_ready(process: RedisProcess, paths: ProjectPaths, timeout: float) -> re
         except redis.ConnectionError:
             pass
         if process.wait(pause):
-            tail = "; ".join(log_tail(paths, 3))
-            raise StartupError(f"redis-server {process.exit_reason()} while starting: {tail}")
+            lines = redis_log.lines_since(paths, process.log_offset)
+            raise StartupError(redis_log.diagnose(lines, paths, process.exit_reason()))
         if time.monotonic() > deadline:
             raise StartupError(
                 f"redis-server did not answer PING within {timeout:g}s; see {paths.redis_log}"

@@ -31,6 +31,7 @@ class DaemonState:
     last_exit_at: float | None = None
     failure: str | None = None
     log_tail: list[str] = field(default_factory=list)
+    load_warnings: list[str] = field(default_factory=list)
 
     def save(self, paths: ProjectPaths) -> None:
         tmp = paths.state_file.with_suffix(".tmp")

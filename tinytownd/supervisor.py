@@ -18,7 +18,7 @@ from collections.abc import Callable
 import redis
 
 from . import config as config_module
-from . import redis_server
+from . import redis_log, redis_server
 from .config import Config, Persistence
 from .errors import ConfigError, StartupError, TinytownError
 from .notify import Notifier
@@ -126,6 +126,10 @@ class Supervisor:
         client = redis_server.wait_ready(process, self.paths, self.settings.start_timeout)
         redis_server.apply_persistence(client, persistence, self.settings.start_timeout)
         client.close()
+        warnings = redis_log.load_warnings(redis_log.lines_since(self.paths, process.log_offset))
+        if warnings:
+            log.warning("redis-server loaded its data with losses: %s", "; ".join(warnings))
+        self.state.load_warnings = warnings
         self.client = redis_server.connect(self.paths, self.settings.health_timeout)
         self.live = persistence
         self.health_misses = 0
@@ -220,7 +224,7 @@ class Supervisor:
         return self._crashed(reason)
 
     def _crashed(self, reason: str) -> int | None:
-        tail = redis_server.log_tail(self.paths)
+        tail = redis_log.tail(self.paths)
         self.state.record_exit(reason, tail)
         log.error("redis-server %s", reason)
         now = time.monotonic()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 
 from . import config as config_module
 from . import control
@@ -14,12 +14,6 @@ from .channel import Channel
 from .config import Config
 from .paths import ProjectPaths
 from .state import daemon_pid
-
-#: A crash-restart of the local Redis takes milliseconds; retrying connection errors
-#: for up to ~1.5 s rides through it instead of failing the caller. Sends that are
-#: retried after an unanswered attempt may be delivered twice (at-least-once).
-RETRIES = 8
-BACKOFF = {"cap": 0.5, "base": 0.01}
 
 
 def prepare(directory: str | Path, start: bool) -> tuple[Config, ProjectPaths]:
@@ -34,15 +28,19 @@ def prepare(directory: str | Path, start: bool) -> tuple[Config, ProjectPaths]:
 def client_options(
     config: Config, paths: ProjectPaths, kind: type[Any]
 ) -> tuple[str, dict[str, Any]]:
-    """``(url, keyword arguments)`` for a redis-py (or redis.asyncio) client of this town."""
+    """``(url, keyword arguments)`` for a redis-py (or redis.asyncio) client of this town.
+
+    redis-py's own retries are off: the Channel retries itself (see ops.retry_delay), so
+    that a blocking receive retried after a lost connection keeps its deadline.
+    """
     if kind.__module__.startswith("redis.asyncio"):
         from redis.asyncio.retry import Retry as AsyncRetry
 
-        retry: Any = AsyncRetry(ExponentialBackoff(**BACKOFF), RETRIES)
+        retry: Any = AsyncRetry(NoBackoff(), 0)
     else:
         from redis.retry import Retry
 
-        retry = Retry(ExponentialBackoff(**BACKOFF), RETRIES)
+        retry = Retry(NoBackoff(), 0)
     options: dict[str, Any] = {"retry": retry, "socket_connect_timeout": 5}
     if config.remote_url:
         return config.remote_url, options

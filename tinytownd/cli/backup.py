@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import backup
+from .. import backup, repair
 from ..errors import ConfigError
 from .common import command, emit, project
 
@@ -83,6 +83,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("repair")
+def cmd_repair(args: argparse.Namespace) -> int:
+    paths, config = project(args)
+    summary, kept = repair.repair_aof(paths, config)
+    print(f"{summary}\nthe files as they were are kept in {kept}; start with `tinytownd start`")
+    return 0
+
+
 def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("save", "snapshot the running town into one file (safe to commit or copy)")
     p.add_argument(
@@ -103,3 +111,4 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "in it) into this town",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add("repair", "make a damaged append-only file loadable (keeps a copy first)")

@@ -147,6 +147,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             ),
             ("aof", aof),
         ]
+    if report["load_warnings"]:
+        rows.append(("warnings", "; ".join(report["load_warnings"])))
     if report["last_exit"]:
         rows.append(("last exit", report["last_exit"]))
     if report["failure"]:

@@ -13,7 +13,6 @@ from typing import Any
 import redis
 
 from .. import migrate as migrate_module
-from .. import ops
 from ..channel import Channel
 from ..errors import ConfigError, InvalidMessageError, NotRunningError
 from ..models import MESSAGE_TYPES, Message, Priority, canonical_id
@@ -209,9 +208,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             )
 
     with _channel(args) as channel:
-        report = ops.run_sync(
-            migrate_module.migrate(config.name, args.dry_run, show), channel._execute
-        )
+        report = channel.run(migrate_module.migrate(config.name, args.dry_run, show))
     if show:
         print(file=sys.stderr)
     verb = "would move" if args.dry_run else "moved"
