@@ -185,3 +185,33 @@ def test_a_planted_socket_symlink_is_refused_not_followed(project: Path, tmp: Pa
     assert result.returncode == 1
     assert "is not a socket" in result.stderr
     assert (project / "redis.sock").is_symlink()
+
+
+def test_redis_has_no_tcp_listener_unless_configured(town: Path) -> None:
+    redis_process = psutil.Process(status(town)["redis_pid"])
+    assert [c for c in redis_process.net_connections(kind="inet")] == []
+    assert not (town / ".tt" / "password").exists()
+
+
+def test_tcp_when_configured_binds_loopback_and_requires_a_password(tmp: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with project_dir(tmp, config=f'name = "tcp"\n[redis]\nport = {port}\n') as root:
+        assert tinytownd("start", "--dir", str(root)).returncode == 0
+        secret = root / ".tt" / "password"
+        assert oct(secret.stat().st_mode & 0o777) == "0o600"
+        password = secret.read_text().strip()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        over_tcp = redis.Redis(port=port, password=password)
+        assert over_tcp.ping()
+        assert over_tcp.config_get("bind")["bind"] == "127.0.0.1"
+        redis_pid = status(root)["redis_pid"]
+        assert password not in Path(f"/proc/{redis_pid}/cmdline").read_text()  # not in ps
+        from tinytownd import Town
+
+        with Town.connect(root) as town:  # picks the password up by itself
+            assert town.redis.ping()
+        again = tinytownd("restart", "--dir", str(root))
+        assert again.returncode == 0 and secret.read_text().strip() == password  # kept

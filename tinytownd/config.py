@@ -39,6 +39,9 @@ def _at_least(minimum: float) -> dict[str, Any]:
 class RedisSettings:
     server: str = ""
     url: str = ""
+    port: int = field(default=0, metadata={"min": 0, "max": 65535})
+    bind: str = "127.0.0.1"
+    password: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ def _check_value(part: Any, name: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: {value!r} is not one of {allowed}")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{where}: must be at least {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{where}: must be at most {meta['max']}, got {value!r}")
     if meta.get("check") == "save" and not _SAVE_SYNTAX.fullmatch(str(value).strip() or "0 0"):
         raise ConfigError(
             f'{where}: expected pairs of "<seconds> <changes>" like "3600 1 300 100", '

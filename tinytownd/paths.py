@@ -73,6 +73,14 @@ class ProjectPaths:
         return self.state_dir / "state.json"
 
     @property
+    def redis_conf(self) -> Path:
+        return self.state_dir / "redis.conf"
+
+    @property
+    def password_file(self) -> Path:
+        return self.state_dir / "password"
+
+    @property
     def rdb(self) -> Path:
         return self.state_dir / "dump.rdb"
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import select
 import shutil
 import signal
@@ -23,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import redis_log
-from .config import Config, Persistence
+from .config import Config, Persistence, RedisSettings
 from .errors import ForeignSocketError, StartupError
 from .paths import ProjectPaths
 
@@ -104,40 +105,64 @@ def aof_is_newest(paths: ProjectPaths) -> bool:
         return True
 
 
-def launch_args(binary: ServerBinary, paths: ProjectPaths, persistence: Persistence) -> list[str]:
-    appendonly = aof_is_newest(paths)
-    return [
-        binary.path,
-        "--dir",
-        str(paths.state_dir),
-        "--port",
-        "0",
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def launch_config(
+    paths: ProjectPaths, persistence: Persistence, network: RedisSettings, password: str | None
+) -> str:
+    """The redis.conf for one launch. A file (mode 0600) rather than arguments, so a
+    password never shows in `ps`; TCP, when configured, is open only with it."""
+    settings = [
+        ("dir", str(paths.state_dir)),
+        ("port", str(network.port)),
         # Relative to `dir` (Redis chdirs there first): short enough for any project depth.
-        "--unixsocket",
-        f"../{paths.socket.name}",
-        "--unixsocketperm",
-        "700",
-        "--logfile",
-        str(paths.redis_log),
-        "--daemonize",
-        "no",
-        "--supervised",
-        "no",
-        "--always-show-logo",
-        "no",
-        "--save",
-        persistence.save,
-        "--appendonly",
-        "yes" if appendonly else "no",
-        "--appendfsync",
-        persistence.appendfsync,
+        ("unixsocket", f"../{paths.socket.name}"),
+        ("unixsocketperm", "700"),
+        ("logfile", str(paths.redis_log)),
+        ("daemonize", "no"),
+        ("supervised", "no"),
+        ("always-show-logo", "no"),
+        ("save", persistence.save),
+        ("appendonly", "yes" if aof_is_newest(paths) else "no"),
+        ("appendfsync", persistence.appendfsync),
     ]
+    if network.port:
+        settings.append(("bind", network.bind))
+    if password:
+        settings.append(("requirepass", password))
+    return "".join(f"{name} {_quoted(value)}\n" for name, value in settings)
+
+
+def password_for(paths: ProjectPaths, network: RedisSettings) -> str | None:
+    """The password Redis must require, kept in ``.tt/password`` (0600) for our clients.
+
+    Needed when TCP is on (``redis.port``) or a password is configured; generated
+    once when TCP is on without ``redis.password``.
+    """
+    if not network.port and not network.password:
+        paths.password_file.unlink(missing_ok=True)
+        return None
+    password = network.password or read_password(paths) or secrets.token_urlsafe(32)
+    fd = os.open(paths.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(password + "\n")
+    return password
+
+
+def read_password(paths: ProjectPaths) -> str | None:
+    try:
+        return paths.password_file.read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def connect(paths: ProjectPaths, timeout: float | None = None) -> redis.Redis:
     """A client for the daemon's own checks: no retries, bounded waits."""
     return redis.Redis(
         unix_socket_path=str(paths.client_socket),
+        password=read_password(paths),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
@@ -199,12 +224,18 @@ class RedisProcess:
         os.close(self._fd)
 
 
-def spawn(binary: ServerBinary, paths: ProjectPaths, persistence: Persistence) -> RedisProcess:
+def spawn(
+    binary: ServerBinary, paths: ProjectPaths, persistence: Persistence, network: RedisSettings
+) -> RedisProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+    conf = launch_config(paths, persistence, network, password_for(paths, network))
+    fd = os.open(paths.redis_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(conf)
     offset = redis_log.size(paths)
     with open(paths.redis_log, "ab") as log:
         popen = subprocess.Popen(
-            launch_args(binary, paths, persistence),
+            [binary.path, str(paths.redis_conf)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -120,7 +120,7 @@ class Supervisor:
     def _launch(self, persistence: Persistence) -> None:
         assert self.binary is not None
         self._publish("starting" if self.state.state != "restarting" else "restarting")
-        process = redis_server.spawn(self.binary, self.paths, persistence)
+        process = redis_server.spawn(self.binary, self.paths, persistence, self.config.redis)
         self.redis_started = time.monotonic()
         self._watch(process)
         client = redis_server.wait_ready(process, self.paths, self.settings.start_timeout)

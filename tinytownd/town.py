@@ -9,7 +9,7 @@ import redis
 from redis.backoff import NoBackoff
 
 from . import config as config_module
-from . import control
+from . import control, redis_server
 from .channel import Channel
 from .config import Config
 from .paths import ProjectPaths
@@ -44,7 +44,8 @@ def client_options(
     options: dict[str, Any] = {"retry": retry, "socket_connect_timeout": 5}
     if config.remote_url:
         return config.remote_url, options
-    return "", {**options, "unix_socket_path": str(paths.client_socket)}
+    password = redis_server.read_password(paths)  # set when the town's Redis requires one
+    return "", {**options, "unix_socket_path": str(paths.client_socket), "password": password}
 
 
 class Town:
