@@ -7,7 +7,6 @@ only the I/O calls differ.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from pathlib import Path
@@ -121,26 +120,16 @@ class Subscription:
         await self._pubsub.subscribe(self.channel)
 
     async def get(self, timeout: float | None = None) -> Message | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        attempt = 0
+        wait = ops.BroadcastWait(self.channel, timeout)
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                event = await self._pubsub.get_message(timeout=left)
-                attempt = 0
-            except RETRYABLE:  # redis-py reconnects and resubscribes on the next call
-                delay = ops.backoff(attempt, deadline)
-                if delay is None:
-                    raise
-                attempt += 1
-                await asyncio.sleep(delay)
+                event = await self._pubsub.get_message(timeout=wait.left())
+            except RETRYABLE as error:
+                await asyncio.sleep(wait.retry_after(error))
                 continue
-            if event is not None and event["type"] == "message":
-                message = ops.decode_message(event["data"], self.channel, "skipped")
-                if message is not None:
-                    return message
-            elif deadline is not None and time.monotonic() >= deadline:
-                return None
+            done, message = wait.handle(event)
+            if done:
+                return message
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()

@@ -118,26 +118,16 @@ class Subscription:
 
     def get(self, timeout: float | None = None) -> Message | None:
         """The next valid broadcast, or None after ``timeout`` seconds (None: wait forever)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        attempt = 0
+        wait = ops.BroadcastWait(self.channel, timeout)
         while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                event = self._pubsub.get_message(timeout=left)
-                attempt = 0
-            except RETRYABLE:  # redis-py reconnects and resubscribes on the next call
-                delay = ops.backoff(attempt, deadline)
-                if delay is None:
-                    raise
-                attempt += 1
-                time.sleep(delay)
+                event = self._pubsub.get_message(timeout=wait.left())
+            except RETRYABLE as error:
+                time.sleep(wait.retry_after(error))
                 continue
-            if event is not None and event["type"] == "message":
-                message = ops.decode_message(event["data"], self.channel, "skipped")
-                if message is not None:
-                    return message
-            elif deadline is not None and time.monotonic() >= deadline:
-                return None
+            done, message = wait.handle(event)
+            if done:
+                return message
 
     def __iter__(self) -> Iterator[Message]:
         while True:

@@ -170,6 +170,38 @@ def broadcast(keys: TownKeys, message: Message) -> Op[int]:
     return receivers
 
 
+class BroadcastWait:
+    """The decisions of one ``Subscription.get``: how long to ask pub/sub to wait, what
+    to do with an event, and when to retry a lost connection (redis-py reconnects and
+    resubscribes on the next call). Drivers only fetch events and sleep."""
+
+    def __init__(self, channel: str, timeout: float | None) -> None:
+        self.channel = channel
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.attempt = 0
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def retry_after(self, error: Exception) -> float:
+        """The pause before asking again after ``error``; re-raises once retries run out."""
+        delay = backoff(self.attempt, self.deadline)
+        if delay is None:
+            raise error
+        self.attempt += 1
+        return delay
+
+    def handle(self, event: dict[str, Any] | None) -> tuple[bool, Message | None]:
+        """``(done, message)`` for one event (None: the wait ended without one)."""
+        self.attempt = 0
+        if event is not None and event["type"] == "message":
+            message = decode_message(event["data"], self.channel, "skipped")
+            if message is not None:
+                return True, message
+            return False, None
+        return self.deadline is not None and time.monotonic() >= self.deadline, None
+
+
 def set_state(key: str, document: Agent | Task) -> Op[None]:
     yield ("SET", key, document.to_json())
 

@@ -61,8 +61,8 @@ class Supervisor:
         self.health_misses = 0
         self.restart_at: float | None = None
         self.selector = selectors.DefaultSelector()
-        self._wake: socket.socket | None = None
-        self._wake_write: socket.socket | None = None
+        # Signals arrive as bytes on this pair (signal.set_wakeup_fd), next to Redis's exit.
+        self._wake, self._wake_write = socket.socketpair()
 
     @property
     def settings(self) -> config_module.SupervisorSettings:
@@ -147,24 +147,20 @@ class Supervisor:
             self.process = None
             self.state.redis_pid = None
 
-    def _catch_signals(self) -> socket.socket:
+    def _catch_signals(self) -> None:
         """Queue SIGTERM/SIGINT/SIGHUP for the loop from the very start, so a stop
         that arrives while Redis is still starting is handled, not fatal."""
-        if self._wake is None:
-            self._wake, wake_write = socket.socketpair()
-            self._wake.setblocking(False)
-            wake_write.setblocking(False)
-            self._wake_write = wake_write  # kept open for the daemon's life
-            signal.set_wakeup_fd(wake_write.fileno())
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(signum, lambda *_: None)
-            self.selector.register(self._wake, selectors.EVENT_READ, "signal")
-        return self._wake
+        self._wake.setblocking(False)
+        self._wake_write.setblocking(False)
+        signal.set_wakeup_fd(self._wake_write.fileno())
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: None)
+        self.selector.register(self._wake, selectors.EVENT_READ, "signal")
 
     # -- loop ------------------------------------------------------------
 
     def _loop(self) -> int:
-        wake_read = self._catch_signals()
+        wake_read = self._wake
         next_health = time.monotonic() + self.settings.health_interval
         watchdog = self.notifier.watchdog_interval
         next_watchdog = time.monotonic() if watchdog else float("inf")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import bench
-from .common import command, emit
+from .common import command, emit, whole_number
 
 
 def _progress(enabled: bool) -> bench.Progress:
@@ -98,7 +98,10 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "measure Channel latency against raw redis-py (a throwaway town if none runs in --dir)",
     )
     p.add_argument(
-        "--n", type=_at_least_100, default=5000, help="operations per measurement (default 5000)"
+        "--n",
+        type=whole_number(100),
+        default=5000,
+        help="operations per measurement (default 5000)",
     )
     p.add_argument(
         "--supervisor",
@@ -106,13 +109,3 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         help="also time start, kill -9 recovery, idle CPU and RSS (about 2 minutes)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _at_least_100(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 100:
-        raise argparse.ArgumentTypeError(f"must be at least 100, got {value}")
-    return value

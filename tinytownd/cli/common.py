@@ -33,6 +33,21 @@ def project(args: argparse.Namespace) -> tuple[ProjectPaths, Config]:
     return paths, config_module.load(paths.root)
 
 
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for whole numbers of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     """Print ``text`` for a person, or ``data`` as JSON with ``--json``."""
     print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)

@@ -18,7 +18,7 @@ from .. import control
 from ..config import APPENDFSYNC, Config
 from ..errors import ConfigError
 from ..paths import ProjectPaths
-from .common import command, emit, project
+from .common import command, emit, project, whole_number
 
 
 @command("init")
@@ -197,10 +197,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     updated = config.replace(args.key, config_module.parse_value(args.key, args.value))
     config_module.save(paths.root, updated)
     applied = not updated.remote_url and control.apply_live(paths, updated)
-    print(
-        f"{args.key} = {json.dumps(updated.get(args.key))}"
-        + (" (applied to the running town)" if applied else "")
-    )
+    note = ""
+    if applied and args.key.startswith(("redis.", "name")):
+        note = " (takes effect at the next `tinytownd restart`)"
+    elif applied:
+        note = " (applied to the running town)"
+    print(f"{args.key} = {json.dumps(updated.get(args.key))}{note}")
     return 0
 
 
@@ -230,7 +232,9 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("logs", "show the daemon log (or Redis's)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("--redis", action="store_true", help="show redis-server's log instead")
-    p.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    p.add_argument(
+        "-n", "--lines", type=whole_number(1), default=50, help="lines to show (default 50)"
+    )
     p = add("config", "read or change a tinytown.toml setting (applied live)")
     p.add_argument("action", choices=("get", "set"))
     p.add_argument("key", nargs="?", help=f"dotted key: {', '.join(config_module.all_keys())}")

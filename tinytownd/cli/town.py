@@ -17,7 +17,7 @@ from ..channel import Channel
 from ..errors import ConfigError, InvalidMessageError, NotRunningError
 from ..models import MESSAGE_TYPES, Message, Priority, canonical_id
 from ..town import Town
-from .common import command, emit, project
+from .common import command, emit, project, whole_number
 
 NOBODY = "00000000-0000-0000-0000-000000000000"
 
@@ -277,7 +277,9 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         p.add_argument("--json", action="store_true", help="print the message as JSON")
     p = add("inbox", "show an agent's inbox (or dead letters) without taking anything")
     p.add_argument("agent", type=_uuid, help="agent id")
-    p.add_argument("--peek", type=_positive, default=10, metavar="N", help="show N (default 10)")
+    p.add_argument(
+        "--peek", type=whole_number(1), default=10, metavar="N", help="show N (default 10)"
+    )
     p.add_argument("--dead", action="store_true", help="show payloads that were not messages")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     for name, help_text in (
@@ -287,7 +289,7 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         p = add(name, help_text)
         p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("listen", "print broadcast messages as they arrive")
-    p.add_argument("--count", type=_positive, help="exit after N messages")
+    p.add_argument("--count", type=whole_number(1), help="exit after N messages")
     p.add_argument("--json", action="store_true", help="one JSON document per line")
     p = add("migrate", "rename pre-0.9 keys (tt:agent:<id>, ...) into this town")
     p.add_argument("--dry-run", action="store_true", help="show what would move; change nothing")
@@ -300,13 +302,3 @@ def _uuid(text: str) -> str:
         return canonical_id(text)
     except InvalidMessageError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an agent id (a UUID)") from None
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
