@@ -167,3 +167,12 @@ def test_any_json_object_gives_a_value_or_one_clear_error(doc: dict[str, object]
 def test_models_are_immutable() -> None:
     with pytest.raises(AttributeError):
         Message.ping(A, B).priority = Priority.LOW  # type: ignore[misc]
+
+
+def test_models_built_in_python_accept_plain_strings_and_uuid_objects() -> None:
+    task = Task(description="x").evolve(state="running")
+    assert task.state is TaskState.RUNNING and json.loads(task.to_json())["state"] == "running"
+    worker = Agent(name="w", cli="claude", id=uuid.UUID(A), state="idle")
+    assert worker.id == A and Agent.from_json(worker.to_json()) == worker
+    with pytest.raises(InvalidMessageError, match="state: 'IDLE' is not one of"):
+        Agent(name="w", cli="claude", state="IDLE")

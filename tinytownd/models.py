@@ -53,6 +53,19 @@ __all__ = [
     "parse_time",
 ]
 
+
+def _coerce(instance: object, **kinds: type[StrEnum]) -> None:
+    """Turn plain strings given for enum fields into the enum (ValueError if unknown)."""
+    for name, kind in kinds.items():
+        value = getattr(instance, name)
+        if not isinstance(value, kind):
+            try:
+                object.__setattr__(instance, name, kind(value))
+            except ValueError:
+                allowed = ", ".join(kind)
+                raise InvalidMessageError(f"{name}: {value!r} is not one of {allowed}") from None
+
+
 # -- messages ---------------------------------------------------------------
 
 
@@ -138,6 +151,10 @@ class Message:
     created_at: datetime = field(default_factory=now)
     correlation_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Only for instances built in Python; decoding checks fields and skips __init__.
+        _coerce(self, priority=Priority)
 
     @classmethod
     def create(
@@ -333,6 +350,12 @@ class Agent(_Document):
     last_active_at: datetime = field(default_factory=now)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _coerce(self, spawn_mode=SpawnMode, agent_type=AgentType, state=AgentState)
+        for name in ("id", "parent_agent_id"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, canonical_id(getattr(self, name), name))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -410,6 +433,13 @@ class Task(_Document):
     parent_id: str | None = None
     tags: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _coerce(self, state=TaskState)
+        object.__setattr__(self, "tags", tuple(self.tags))
+        for name in ("id", "assigned_to", "parent_id"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, canonical_id(getattr(self, name), name))
 
     def to_dict(self) -> dict[str, Any]:
         return {
