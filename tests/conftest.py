@@ -6,7 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from support import project_dir, tinytownd
+
+# Shared 2-core machines: a slow example is not a failure.
+settings.register_profile("tinytownd", deadline=None)
+settings.load_profile("tinytownd")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
