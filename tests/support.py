@@ -16,6 +16,8 @@ from typing import Any
 
 import psutil
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from tinytownd.paths import ProjectPaths
 
@@ -47,7 +49,12 @@ def status(root: Path) -> dict[str, Any]:
 
 
 def client(root: Path, **kwargs: Any) -> redis.Redis:
-    return redis.Redis(unix_socket_path=str(ProjectPaths.of(root).client_socket), **kwargs)
+    """A plain redis-py client on the town's socket; no retries, so tests see what is."""
+    return redis.Redis(
+        unix_socket_path=str(ProjectPaths.of(root).client_socket),
+        retry=Retry(NoBackoff(), 0),
+        **kwargs,
+    )
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
