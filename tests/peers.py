@@ -1,7 +1,7 @@
 """Producer and consumer processes for the fault-injection tests.
 
     python peers.py producer DIR AGENT STOPFILE OUT
-    python peers.py consumer DIR AGENT OUT
+    python peers.py consumer DIR AGENT OUT [reliable]
 
 Both use nothing but the public API and write what they saw as JSON to OUT.
 """
@@ -39,8 +39,8 @@ def produce(directory: str, agent: str, stop_file: str, out: str) -> None:
     Path(out).write_text(json.dumps({"acked": acked, "failed": failed}))
 
 
-def consume(directory: str, agent: str, out: str) -> None:
-    channel = Town.connect(directory, start=False).channel()
+def consume(directory: str, agent: str, out: str, mode: str = "") -> None:
+    channel = Town.connect(directory, start=False).channel(reliable=mode == "reliable")
     received: list[int] = []
     errors, longest, quiet_since = 0, 0.0, time.monotonic()
     while time.monotonic() - quiet_since < 60:

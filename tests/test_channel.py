@@ -7,13 +7,14 @@ blocking Channel, or the asyncio one driven by an event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -54,17 +55,29 @@ class Blocking:
 
 
 @pytest.fixture(params=["sync", "asyncio"])
-def channel(request: pytest.FixtureRequest, town: Path) -> Iterator[Any]:
-    if request.param == "sync":
-        with Town.connect(town) as connected:
-            yield connected.channel()
-        return
-    with asyncio.Runner() as runner:
-        connected = runner.run(aio.Town.connect(town))
-        try:
-            yield Blocking(connected.channel(), runner)
-        finally:
-            runner.run(connected.close())
+def channels(request: pytest.FixtureRequest, town: Path) -> Iterator[Callable[..., Any]]:
+    """Makes channels of one flavour, each on its own connection, as separate processes
+    would have; all are closed afterwards."""
+    with contextlib.ExitStack() as stack:
+        if request.param == "sync":
+
+            def make(**options: Any) -> Any:
+                return stack.enter_context(Town.connect(town)).channel(**options)
+
+        else:
+            runner = stack.enter_context(asyncio.Runner())
+
+            def make(**options: Any) -> Any:
+                connected = runner.run(aio.Town.connect(town))
+                stack.callback(lambda: runner.run(connected.close()))
+                return Blocking(connected.channel(**options), runner)
+
+        yield make
+
+
+@pytest.fixture
+def channel(channels: Callable[..., Any]) -> Any:
+    return channels()
 
 
 def agent() -> str:
@@ -325,3 +338,48 @@ def test_a_10_mb_message_round_trips(channel: Any) -> None:
     big = Message.custom(ME, to, "blob", "x" * 10_000_000)
     channel.send(big)
     assert channel.receive(to, timeout=10) == big
+
+
+def test_reliable_receive_keeps_a_message_until_the_next_receive(
+    channels: Callable[..., Any], town: Path
+) -> None:
+    to, raw = agent(), client(town)
+    first = channels(reliable=True)
+    first.send(Message.task(ME, to, "one"))
+    first.send(Message.task(ME, to, "two"))
+    one = first.receive(to, timeout=5)
+    assert one.body["description"] == "one"
+    assert raw.lrange(f"tt:demo:processing:{to}", 0, -1) == [one.to_json().encode()]
+    two = first.receive(to, timeout=5)  # asking for the next acknowledges "one"
+    assert two.body["description"] == "two"
+    assert raw.llen(f"tt:demo:processing:{to}") == 1
+    first.ack(to)
+    assert raw.llen(f"tt:demo:processing:{to}") == 0
+    assert first.receive(to, timeout=0.1) is None
+
+
+def test_reliable_receive_redelivers_what_a_crashed_receiver_held(
+    channels: Callable[..., Any],
+) -> None:
+    to = agent()
+    crashed = channels(reliable=True)
+    crashed.send(Message.task(ME, to, "half done"))
+    crashed.send(Message.task(ME, to, "next"))
+    taken = crashed.receive(to, timeout=5)
+    # that receiver dies without asking for more; a new one starts for the same agent
+    again = channels(reliable=True)
+    assert again.receive(to, timeout=5) == taken
+    assert again.receive(to, timeout=5).body["description"] == "next"
+    assert again.try_receive(to) is None
+
+
+def test_reliable_receive_dead_letters_bad_payloads_too(
+    channels: Callable[..., Any], town: Path
+) -> None:
+    to, raw = agent(), client(town)
+    reliable = channels(reliable=True)
+    raw.rpush(f"tt:demo:inbox:{to}", b"\xffjunk")
+    reliable.send(Message.ping(ME, to))
+    assert reliable.receive(to, timeout=5).type == "ping"
+    assert raw.lrange(f"tt:demo:dead:{to}", 0, -1) == [b"\xffjunk"]
+    assert raw.lrange(f"tt:demo:processing:{to}", 0, -1) != [b"\xffjunk"]

@@ -215,6 +215,7 @@ def test_bench_prints_the_seed_table_with_floors_and_ratios(tmp: Path) -> None:
         "send",
         "receive (waiting)",
         "try_receive",
+        "receive (reliable)",
         "agent state set",
         "agent state get",
         "task state set",

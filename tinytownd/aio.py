@@ -28,9 +28,18 @@ from .town import client_options, prepare
 class Channel:
     """:class:`tinytownd.Channel` for asyncio; ``client`` is a ``redis.asyncio.Redis``."""
 
-    def __init__(self, client: aioredis.Redis, town: str, *, town_broadcast: bool = False) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        town: str,
+        *,
+        town_broadcast: bool = False,
+        reliable: bool = False,
+    ) -> None:
         self.redis = client
         self.keys = TownKeys(town, town_broadcast)
+        self.reliable = reliable
+        self._inflight: dict[str, ops.Inflight] = {}
 
     async def _execute(self, step: ops.Step) -> Any:
         attempt = 0
@@ -45,22 +54,35 @@ class Channel:
                 await asyncio.sleep(delay)
 
     async def _execute_once(self, step: ops.Step) -> Any:
+        if isinstance(step, ops.Pause):
+            await asyncio.sleep(step.seconds)
+            return None
         if isinstance(step, ops.Pop):
-            reply = await self.redis.execute_command(*step.command(), **{NEVER_DECODE: True})
-            return step.value(reply)
+            return step.value((await self._send(step.commands()))[-1])
         if isinstance(step, list):
-            pipe = self.redis.pipeline(transaction=False)
-            for command in step:
-                pipe.execute_command(*command)
-            return await pipe.execute()
+            return await self._send(step)
         return await self.redis.execute_command(*step, **{NEVER_DECODE: True})
+
+    async def _send(self, commands: list[ops.Command]) -> list[Any]:
+        """Replies to ``commands``, sent in one round trip."""
+        if len(commands) == 1:
+            return [await self.redis.execute_command(*commands[0], **{NEVER_DECODE: True})]
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command, **{NEVER_DECODE: True})
+        return await pipe.execute()
 
     async def run(self, op: ops.Op[ops.T]) -> ops.T:
         """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""
         try:
             step = next(op)
             while True:
-                step = op.send(await self._execute(step))
+                try:
+                    reply = await self._execute(step)
+                except Exception as error:  # handed to the operation, which may handle it
+                    step = op.throw(error)
+                    continue
+                step = op.send(reply)
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
 
@@ -71,10 +93,22 @@ class Channel:
         return await self.run(ops.send_many(self.keys, messages))
 
     async def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
-        return await self.run(ops.receive(self.keys, agent_id, timeout))
+        return await self.run(ops.receiving(self.keys, agent_id, timeout, self._held(agent_id)))
 
     async def try_receive(self, agent_id: Id) -> Message | None:
-        return await self.run(ops.try_receive(self.keys, agent_id))
+        return await self.run(ops.receiving(self.keys, agent_id, 0, self._held(agent_id)))
+
+    async def ack(self, agent_id: Id) -> None:
+        """Reliable channels: done with the last message received for ``agent_id`` (the
+        next receive for that agent acknowledges it too)."""
+        held = self._held(agent_id)
+        if held is not None:
+            await self.run(ops.acknowledge(self.keys, agent_id, held))
+
+    def _held(self, agent_id: Id) -> ops.Inflight | None:
+        if not self.reliable:
+            return None
+        return self._inflight.setdefault(canonical_id(agent_id, "agent id"), ops.Inflight())
 
     async def inbox_len(self, agent_id: Id) -> int:
         return await self.run(ops.inbox_len(self.keys, agent_id))
@@ -172,9 +206,13 @@ class Town:
         client = aioredis.Redis.from_url(url, **options) if url else aioredis.Redis(**options)
         return cls(config, paths, client)
 
-    def channel(self) -> Channel:
+    def channel(self, *, reliable: bool = False) -> Channel:
+        """A channel bound to this town; ``reliable=True``: at-least-once receives."""
         return Channel(
-            self.redis, self.name, town_broadcast=self.config.channel.broadcast == "town"
+            self.redis,
+            self.name,
+            town_broadcast=self.config.channel.broadcast == "town",
+            reliable=reliable,
         )
 
     async def close(self) -> None:

@@ -86,6 +86,7 @@ def channel_rows(channel: Channel, n: int, progress: Progress, label: str = "") 
     message = Message.task(sender, agent, "Fix the bug in auth.rs")
     payload = message.to_json().encode()
     inbox, floor_list = channel.keys.inbox(agent), f"{channel.keys.inbox(agent)}:floor"
+    reliable = Channel(r, channel.keys.town, reliable=True)
     worker = Agent(name="worker-1", cli="claude")
     task = Task(description="Fix the bug in auth.rs", tags=("backend",))
     rows: list[Row] = []
@@ -109,6 +110,13 @@ def channel_rows(channel: Channel, n: int, progress: Progress, label: str = "") 
             lambda: channel.try_receive(agent),
             "LPOP",
             lambda: r.lpop(floor_list),
+            lambda: _fill(r, inbox, floor_list, payload, n),
+        ),
+        (
+            "receive (reliable)",
+            lambda: reliable.receive(agent, timeout=1),
+            "BLPOP",
+            lambda: r.blpop([floor_list], timeout=1),
             lambda: _fill(r, inbox, floor_list, payload, n),
         ),
         (
@@ -145,11 +153,12 @@ def channel_rows(channel: Channel, n: int, progress: Progress, label: str = "") 
             progress(f"{label}{name}", index / len(steps))
             prepare()
             rows.append(compare(f"{label}{name}", ours, floor_name, floor, n))
-            r.delete(inbox, floor_list)
+            r.delete(inbox, floor_list, channel.keys.processing(agent))
     finally:
         r.delete(
             inbox,
             floor_list,
+            channel.keys.processing(agent),
             channel.keys.agent(worker.id),
             channel.keys.task(task.id),
             f"{channel.keys.agent(worker.id)}:floor",

@@ -26,11 +26,25 @@ class Channel:
 
     ``client`` is any ``redis.Redis``. Blocking receives need a client without a
     ``socket_timeout`` shorter than the receive timeout (``Town.channel()`` gives one).
+
+    ``reliable=True`` makes receives at-least-once: a message moves to
+    ``tt:<town>:processing:<agent>`` until the receiver asks for the next one (or calls
+    :meth:`ack`), and one left there by a crash is delivered again. Use one reliable
+    receiver per agent.
     """
 
-    def __init__(self, client: redis.Redis, town: str, *, town_broadcast: bool = False) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        town: str,
+        *,
+        town_broadcast: bool = False,
+        reliable: bool = False,
+    ) -> None:
         self.redis = client
         self.keys = TownKeys(town, town_broadcast)
+        self.reliable = reliable
+        self._inflight: dict[str, ops.Inflight] = {}
 
     def _execute(self, step: ops.Step) -> Any:
         attempt = 0
@@ -45,14 +59,23 @@ class Channel:
                 time.sleep(delay)
 
     def _execute_once(self, step: ops.Step) -> Any:
+        if isinstance(step, ops.Pause):
+            time.sleep(step.seconds)
+            return None
         if isinstance(step, ops.Pop):
-            return step.value(self.redis.execute_command(*step.command(), **{NEVER_DECODE: True}))
+            return step.value((self._send(step.commands()))[-1])
         if isinstance(step, list):
-            pipe = self.redis.pipeline(transaction=False)
-            for command in step:
-                pipe.execute_command(*command)
-            return pipe.execute()
+            return self._send(step)
         return self.redis.execute_command(*step, **{NEVER_DECODE: True})
+
+    def _send(self, commands: list[ops.Command]) -> list[Any]:
+        """Replies to ``commands``, sent in one round trip."""
+        if len(commands) == 1:
+            return [self.redis.execute_command(*commands[0], **{NEVER_DECODE: True})]
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command, **{NEVER_DECODE: True})
+        return pipe.execute()
 
     def run(self, op: ops.Op[ops.T]) -> ops.T:
         """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""
@@ -68,11 +91,23 @@ class Channel:
 
     def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
         """The next message for ``agent_id``, waiting up to ``timeout`` (None: forever)."""
-        return self.run(ops.receive(self.keys, agent_id, timeout))
+        return self.run(ops.receiving(self.keys, agent_id, timeout, self._held(agent_id)))
 
     def try_receive(self, agent_id: Id) -> Message | None:
         """The next message if one is waiting, else None at once."""
-        return self.run(ops.try_receive(self.keys, agent_id))
+        return self.run(ops.receiving(self.keys, agent_id, 0, self._held(agent_id)))
+
+    def ack(self, agent_id: Id) -> None:
+        """Reliable channels: done with the last message received for ``agent_id`` (the
+        next receive for that agent acknowledges it too)."""
+        held = self._held(agent_id)
+        if held is not None:
+            self.run(ops.acknowledge(self.keys, agent_id, held))
+
+    def _held(self, agent_id: Id) -> ops.Inflight | None:
+        if not self.reliable:
+            return None
+        return self._inflight.setdefault(canonical_id(agent_id, "agent id"), ops.Inflight())
 
     def inbox_len(self, agent_id: Id) -> int:
         return self.run(ops.inbox_len(self.keys, agent_id))

@@ -4,6 +4,7 @@ Schema (``<town>`` is a validated town name, ``<id>`` an agent or task UUID)::
 
     tt:<town>:inbox:<id>     list    agent inbox; LPUSH urgent/high, RPUSH normal/low
     tt:<town>:dead:<id>      list    inbox payloads that were not valid messages
+    tt:<town>:processing:<id> list   taken by a reliable receiver, not yet acknowledged
     tt:<town>:agent:<id>     string  agent state (JSON)
     tt:<town>:task:<id>      string  task state (JSON)
     tt:broadcast             pub/sub broadcast channel (the default, as upstream)
@@ -56,6 +57,9 @@ class TownKeys:
 
     def dead(self, agent_id: str) -> str:
         return f"{self._base}dead:{agent_id}"
+
+    def processing(self, agent_id: str) -> str:
+        return f"{self._base}processing:{agent_id}"
 
     def agent(self, agent_id: str) -> str:
         return f"{self._base}agent:{agent_id}"

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from .errors import InvalidMessageError, StateError
 from .keys import TownKeys
 from .models import Agent, Id, Message, Task, canonical_id
@@ -42,6 +45,10 @@ class Pop:
     key: str
     deadline: float | None
 
+    def commands(self) -> list[Command]:
+        """What to send, in one round trip; the reply to the last one is the pop's."""
+        return [self.command()]
+
     def command(self) -> Command:
         if self.deadline is None:
             return ("BLPOP", self.key, 0)
@@ -54,7 +61,37 @@ class Pop:
         return reply[1] if isinstance(reply, list | tuple) else reply
 
 
-Step = Command | list[Command] | Pop
+@dataclass(frozen=True)
+class Move(Pop):
+    """Like :class:`Pop`, but the message moves to ``target`` (BLMOVE) instead of
+    vanishing, so that a reply lost with a crashing Redis loses nothing. The
+    operation handles a lost connection itself; drivers do not retry this step."""
+
+    target: str = ""
+    ack: bytes | None = None  # the previous delivery, dropped from target first
+
+    def commands(self) -> list[Command]:
+        before = [] if self.ack is None else [("LREM", self.target, 1, self.ack)]
+        return [*before, self.command()]
+
+    def command(self) -> Command:
+        ends = ("LEFT", "RIGHT")
+        if self.deadline is None:
+            return ("BLMOVE", self.key, self.target, *ends, 0)
+        left = self.deadline - time.monotonic()
+        if left < _MIN_BLOCK:
+            return ("LMOVE", self.key, self.target, *ends)
+        return ("BLMOVE", self.key, self.target, *ends, f"{left:.3f}")
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Sleep for ``seconds`` (the driver's own sleep: blocking or asyncio)."""
+
+    seconds: float
+
+
+Step = Command | list[Command] | Pop | Pause
 T = TypeVar("T")
 Op = Generator[Step, Any, T]
 S = TypeVar("S", Agent, Task)
@@ -68,6 +105,8 @@ def retry_delay(step: Step, attempt: int) -> float | None:
     """How long to wait before retrying ``step`` after its ``attempt``-th connection
     failure, or None to give up and raise. A retried write may have been applied
     before the connection broke, so delivery is at-least-once."""
+    if isinstance(step, Move):
+        return None  # receive_reliable must see the failure: see Move
     return backoff(attempt, step.deadline if isinstance(step, Pop) else None)
 
 
@@ -147,8 +186,72 @@ def receive(keys: TownKeys, agent_id: Id, timeout: float | timedelta | None) -> 
             return None
 
 
-def try_receive(keys: TownKeys, agent_id: Id) -> Op[Message | None]:
-    return (yield from receive(keys, agent_id, 0))
+@dataclass
+class Inflight:
+    """What a reliable receiver holds for one agent."""
+
+    payload: bytes | None = None  # delivered to the caller, not acknowledged yet
+    checked: bool = False  # the processing list was looked at by this receiver
+
+
+def receive_reliable(
+    keys: TownKeys, agent_id: Id, timeout: float | timedelta | None, inflight: Inflight
+) -> Op[Message | None]:
+    """At-least-once receive: BLMOVE into ``tt:<town>:processing:<agent>``.
+
+    The message stays there until the receiver acknowledges it, which asking for the
+    next one does. What a crashed receiver, or a reply lost with a crashing Redis,
+    left there is delivered again. One reliable receiver per agent at a time.
+    """
+    agent = canonical_id(agent_id, "agent id")
+    inbox, processing = keys.inbox(agent), keys.processing(agent)
+    wait = seconds(timeout)
+    deadline = None if wait is None else time.monotonic() + wait
+    attempt = 0
+    while True:
+        raw = None
+        if not inflight.checked:
+            yield from acknowledge(keys, agent, inflight)
+            raw = yield ("LINDEX", processing, 0)  # left behind, never acknowledged
+            inflight.checked = True
+        if raw is None:
+            try:
+                # The acknowledgement of the previous message rides in the same round trip.
+                raw = yield Move(inbox, deadline, processing, inflight.payload)
+                inflight.payload = None
+            except (RedisConnectionError, RedisTimeoutError):
+                delay = backoff(attempt, deadline)
+                if delay is None:
+                    raise
+                attempt += 1
+                yield Pause(delay)
+                inflight.checked = False  # the move may have happened, its reply lost
+                continue
+        if raw is None:
+            return None
+        message = decode_message(raw, inbox, "moved to " + keys.dead(agent))
+        if message is not None:
+            inflight.payload = raw
+            return message
+        yield [("RPUSH", keys.dead(agent), raw), ("LREM", processing, 1, raw)]
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+
+
+def receiving(
+    keys: TownKeys, agent_id: Id, timeout: float | timedelta | None, inflight: Inflight | None
+) -> Op[Message | None]:
+    """The receive a channel runs: reliable when it keeps ``inflight`` state, else plain."""
+    if inflight is None:
+        return receive(keys, agent_id, timeout)
+    return receive_reliable(keys, agent_id, timeout, inflight)
+
+
+def acknowledge(keys: TownKeys, agent_id: Id, inflight: Inflight) -> Op[None]:
+    """Drop the delivered message from the processing list: the receiver is done with it."""
+    if inflight.payload is not None:
+        yield ("LREM", keys.processing(canonical_id(agent_id, "agent id")), 1, inflight.payload)
+        inflight.payload = None
 
 
 def inbox_len(keys: TownKeys, agent_id: Id) -> Op[int]:
@@ -243,10 +346,16 @@ def all_states(keys: TownKeys, kind: type[S]) -> Op[list[S]]:
 
 
 def run_sync(op: Op[T], execute: Callable[[Step], Any]) -> T:
-    """Drive an operation with a blocking ``execute``."""
+    """Drive an operation with a blocking ``execute`` (which also carries out Pause steps);
+    errors go back into the operation, which may handle them (receive_reliable does)."""
     try:
         step = next(op)
         while True:
-            step = op.send(execute(step))
+            try:
+                reply = execute(step)
+            except Exception as error:  # handed to the operation, which may handle it
+                step = op.throw(error)
+                continue
+            step = op.send(reply)
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]

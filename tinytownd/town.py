@@ -70,9 +70,13 @@ class Town:
         client = redis.Redis.from_url(url, **options) if url else redis.Redis(**options)
         return cls(config, paths, client)
 
-    def channel(self) -> Channel:
+    def channel(self, *, reliable: bool = False) -> Channel:
+        """A channel bound to this town; ``reliable=True``: at-least-once receives."""
         return Channel(
-            self.redis, self.name, town_broadcast=self.config.channel.broadcast == "town"
+            self.redis,
+            self.name,
+            town_broadcast=self.config.channel.broadcast == "town",
+            reliable=reliable,
         )
 
     def close(self) -> None:
