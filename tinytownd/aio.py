@@ -19,13 +19,12 @@ from redis.client import NEVER_DECODE
 from . import ops
 from .channel import RETRYABLE
 from .config import Config
-from .keys import TownKeys
 from .models import Agent, Id, Message, Task, canonical_id
 from .paths import ProjectPaths
 from .town import client_options, prepare
 
 
-class Channel:
+class Channel(ops.ChannelCore):
     """:class:`tinytownd.Channel` for asyncio; ``client`` is a ``redis.asyncio.Redis``."""
 
     def __init__(
@@ -36,10 +35,8 @@ class Channel:
         town_broadcast: bool = False,
         reliable: bool = False,
     ) -> None:
+        super().__init__(town, town_broadcast, reliable)
         self.redis = client
-        self.keys = TownKeys(town, town_broadcast)
-        self.reliable = reliable
-        self._inflight: dict[str, ops.Inflight] = {}
 
     async def _execute(self, step: ops.Step) -> Any:
         attempt = 0
@@ -93,22 +90,17 @@ class Channel:
         return await self.run(ops.send_many(self.keys, messages))
 
     async def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
-        return await self.run(ops.receiving(self.keys, agent_id, timeout, self._held(agent_id)))
+        return await self.run(ops.receiving(self.keys, agent_id, timeout, self.held(agent_id)))
 
     async def try_receive(self, agent_id: Id) -> Message | None:
-        return await self.run(ops.receiving(self.keys, agent_id, 0, self._held(agent_id)))
+        return await self.run(ops.receiving(self.keys, agent_id, 0, self.held(agent_id)))
 
     async def ack(self, agent_id: Id) -> None:
         """Reliable channels: done with the last message received for ``agent_id`` (the
         next receive for that agent acknowledges it too)."""
-        held = self._held(agent_id)
+        held = self.held(agent_id)
         if held is not None:
             await self.run(ops.acknowledge(self.keys, agent_id, held))
-
-    def _held(self, agent_id: Id) -> ops.Inflight | None:
-        if not self.reliable:
-            return None
-        return self._inflight.setdefault(canonical_id(agent_id, "agent id"), ops.Inflight())
 
     async def inbox_len(self, agent_id: Id) -> int:
         return await self.run(ops.inbox_len(self.keys, agent_id))

@@ -15,13 +15,12 @@ import redis
 from redis.client import NEVER_DECODE
 
 from . import ops
-from .keys import TownKeys
 from .models import Agent, Id, Message, Task, canonical_id
 
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 
 
-class Channel:
+class Channel(ops.ChannelCore):
     """Send and receive messages and keep agent and task state for one town.
 
     ``client`` is any ``redis.Redis``. Blocking receives need a client without a
@@ -41,10 +40,8 @@ class Channel:
         town_broadcast: bool = False,
         reliable: bool = False,
     ) -> None:
+        super().__init__(town, town_broadcast, reliable)
         self.redis = client
-        self.keys = TownKeys(town, town_broadcast)
-        self.reliable = reliable
-        self._inflight: dict[str, ops.Inflight] = {}
 
     def _execute(self, step: ops.Step) -> Any:
         attempt = 0
@@ -91,23 +88,18 @@ class Channel:
 
     def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
         """The next message for ``agent_id``, waiting up to ``timeout`` (None: forever)."""
-        return self.run(ops.receiving(self.keys, agent_id, timeout, self._held(agent_id)))
+        return self.run(ops.receiving(self.keys, agent_id, timeout, self.held(agent_id)))
 
     def try_receive(self, agent_id: Id) -> Message | None:
         """The next message if one is waiting, else None at once."""
-        return self.run(ops.receiving(self.keys, agent_id, 0, self._held(agent_id)))
+        return self.run(ops.receiving(self.keys, agent_id, 0, self.held(agent_id)))
 
     def ack(self, agent_id: Id) -> None:
         """Reliable channels: done with the last message received for ``agent_id`` (the
         next receive for that agent acknowledges it too)."""
-        held = self._held(agent_id)
+        held = self.held(agent_id)
         if held is not None:
             self.run(ops.acknowledge(self.keys, agent_id, held))
-
-    def _held(self, agent_id: Id) -> ops.Inflight | None:
-        if not self.reliable:
-            return None
-        return self._inflight.setdefault(canonical_id(agent_id, "agent id"), ops.Inflight())
 
     def inbox_len(self, agent_id: Id) -> int:
         return self.run(ops.inbox_len(self.keys, agent_id))

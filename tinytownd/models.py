@@ -66,6 +66,14 @@ def _coerce(instance: object, **kinds: type[StrEnum]) -> None:
                 raise InvalidMessageError(f"{name}: {value!r} is not one of {allowed}") from None
 
 
+def _canonical_ids(instance: object, *names: str) -> None:
+    """Store the named id fields (UUID objects or any UUID text) as canonical text."""
+    for name in names:
+        value = getattr(instance, name)
+        if value is not None:
+            object.__setattr__(instance, name, canonical_id(value, name))
+
+
 # -- messages ---------------------------------------------------------------
 
 
@@ -352,9 +360,7 @@ class Agent(_Document):
 
     def __post_init__(self) -> None:
         _coerce(self, spawn_mode=SpawnMode, agent_type=AgentType, state=AgentState)
-        for name in ("id", "parent_agent_id"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, canonical_id(getattr(self, name), name))
+        _canonical_ids(self, "id", "parent_agent_id")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -437,9 +443,7 @@ class Task(_Document):
     def __post_init__(self) -> None:
         _coerce(self, state=TaskState)
         object.__setattr__(self, "tags", tuple(self.tags))
-        for name in ("id", "assigned_to", "parent_id"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, canonical_id(getattr(self, name), name))
+        _canonical_ids(self, "id", "assigned_to", "parent_id")
 
     def to_dict(self) -> dict[str, Any]:
         return {

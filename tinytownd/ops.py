@@ -194,6 +194,22 @@ class Inflight:
     checked: bool = False  # the processing list was looked at by this receiver
 
 
+class ChannelCore:
+    """What both Channel flavours hold: the town's keys and, for reliable receivers,
+    what each agent was handed and has not acknowledged yet."""
+
+    def __init__(self, town: str, town_broadcast: bool, reliable: bool) -> None:
+        self.keys = TownKeys(town, town_broadcast)
+        self.reliable = reliable
+        self._inflight: dict[str, Inflight] = {}
+
+    def held(self, agent_id: Id) -> Inflight | None:
+        """The agent's reliable-receive state (None for plain receivers)."""
+        if not self.reliable:
+            return None
+        return self._inflight.setdefault(canonical_id(agent_id, "agent id"), Inflight())
+
+
 def receive_reliable(
     keys: TownKeys, agent_id: Id, timeout: float | timedelta | None, inflight: Inflight
 ) -> Op[Message | None]:
