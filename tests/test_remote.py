@@ -94,3 +94,13 @@ def test_start_explains_there_is_nothing_local_to_supervise(tmp: Path, remote_ur
     assert "nothing local to supervise" in result.stdout
     assert PASSWORD not in result.stdout  # the password is never echoed
     assert not (tmp / ".tt").exists()
+
+
+def test_status_and_stop_speak_of_the_remote_server(tmp: Path, remote_url: str) -> None:
+    (tmp / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{remote_url}"\n')
+    shown = tinytownd("status", "--dir", str(tmp))
+    assert shown.returncode == 0
+    assert "remote (nothing local to supervise)" in shown.stdout and "reachable" in shown.stdout
+    assert PASSWORD not in shown.stdout
+    stopped = tinytownd("stop", "--dir", str(tmp))
+    assert stopped.returncode == 0 and "nothing local to stop" in stopped.stdout

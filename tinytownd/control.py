@@ -151,7 +151,14 @@ def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
         persistence=None,
     )
     if config.remote_url:
-        report.update(state="remote", remote_url=_redact(config.remote_url))
+        report.update(state="remote", remote_url=_redact(config.remote_url), socket=None)
+        try:
+            remote = redis.Redis.from_url(
+                config.remote_url, socket_connect_timeout=5, socket_timeout=5
+            )
+            report["redis_version"] = remote.info("server").get("redis_version")
+        except redis.RedisError as err:
+            report["remote_error"] = str(err)
         return report
     if pid is None:
         report["state"] = "failed" if recorded.state == "failed" else "stopped"

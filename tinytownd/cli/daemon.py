@@ -93,6 +93,12 @@ def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Confi
 @command("stop")
 def cmd_stop(args: argparse.Namespace) -> int:
     paths, config = project(args)
+    if config.remote_url:
+        print(
+            f"town {config.name!r} uses the Redis at {control._redact(config.remote_url)}: "
+            "nothing local to stop"
+        )
+        return 0
     print(f"town {config.name!r}: {control.stop(paths, config)}")
     return 0
 
@@ -107,6 +113,15 @@ def cmd_restart(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     paths, config = project(args)
     report = control.status(paths, config)
+    if report["state"] == "remote":
+        reach = report.get("remote_error") or f"reachable, redis {report['redis_version']}"
+        rows = [
+            ("town", report["town"]),
+            ("state", "remote (nothing local to supervise)"),
+            ("redis", f"{report['remote_url']}: {reach}"),
+        ]
+        emit(args, report, "\n".join(f"{key:<11} {value}" for key, value in rows))
+        return 1 if report.get("remote_error") else 0
     rows = [
         ("town", report["town"]),
         (
@@ -128,8 +143,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         ),
         ("restarts", report["restarts"]),
     ]
-    if report.get("remote_url"):
-        rows.append(("remote", report["remote_url"]))
     persistence = report["persistence"]
     if persistence:
         aof = (

@@ -33,7 +33,7 @@ def _channel(args: argparse.Namespace) -> Iterator[Channel]:
     try:
         yield town.channel()
     except redis.ConnectionError as err:
-        raise NotRunningError(f"cannot reach town {config.name!r}'s Redis: {err}") from None
+        raise NotRunningError(f"cannot reach the Redis of town {config.name!r}: {err}") from None
     finally:
         town.close()
 
