@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -151,7 +152,7 @@ def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
         persistence=None,
     )
     if config.remote_url:
-        report.update(state="remote", remote_url=_redact(config.remote_url), socket=None)
+        report.update(state="remote", remote_url=redact_url(config.remote_url), socket=None)
         try:
             remote = redis.Redis.from_url(
                 config.remote_url, socket_connect_timeout=5, socket_timeout=5
@@ -200,9 +201,8 @@ def _live(paths: ProjectPaths) -> dict[str, Any]:
     }
 
 
-def _redact(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for printing."""
     parts = urlsplit(url)
     if parts.password:
         host = parts.netloc.rsplit("@", 1)[1]

@@ -58,7 +58,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     paths, config = project(args)
     if config.remote_url:
         print(
-            f"town {config.name!r} uses the Redis at {control._redact(config.remote_url)} "
+            f"town {config.name!r} uses the Redis at {control.redact_url(config.remote_url)} "
             "(redis.url / TINYTOWN_REDIS_URL / REDIS_URL): nothing local to supervise"
         )
         return 0
@@ -95,7 +95,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     paths, config = project(args)
     if config.remote_url:
         print(
-            f"town {config.name!r} uses the Redis at {control._redact(config.remote_url)}: "
+            f"town {config.name!r} uses the Redis at {control.redact_url(config.remote_url)}: "
             "nothing local to stop"
         )
         return 0
