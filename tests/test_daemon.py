@@ -319,3 +319,12 @@ def test_directory_we_cannot_write_is_one_clear_error(tmp: Path) -> None:
     assert message.startswith(f"tinytownd: cannot create {root}/.tt: Permission denied")
     assert len(message.strip().splitlines()) == 1
     assert not (root / ".tt").exists()
+
+
+def test_big_logs_are_rotated_at_start(project: Path) -> None:
+    paths = ProjectPaths.of(project)
+    paths.ensure_state_dir()
+    paths.redis_log.write_bytes(b"old line\n" * 1_300_000)  # over 10 MB
+    assert tinytownd("start", "--dir", str(project)).returncode == 0
+    assert paths.redis_log.stat().st_size < 1_000_000
+    assert (paths.state_dir / "redis.log.1").stat().st_size > 10 * 2**20

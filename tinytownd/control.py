@@ -39,6 +39,7 @@ def start(
     if running is not None:
         _wait_for_ping(paths, timeout)
         return daemon_pid(paths) or running, True
+    paths.rotate(paths.daemon_log)  # no daemon has it open: none is running
     with tempfile.TemporaryDirectory(prefix="ttd-") as tmp:
         notify_path = os.path.join(tmp, "notify")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

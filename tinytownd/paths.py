@@ -135,6 +135,16 @@ class ProjectPaths:
                 continue
         raise StartupError(f"cannot create a backup directory in {self.state_dir}")
 
+    @staticmethod
+    def rotate(log: Path, limit: int = 10 * 2**20) -> None:
+        """Before a log is opened for a new run: past ``limit`` bytes it moves to
+        ``<name>.1`` (replacing the older one), so a long-lived town keeps logs small."""
+        try:
+            if log.stat().st_size > limit:
+                os.replace(log, log.with_name(log.name + ".1"))
+        except FileNotFoundError:
+            pass
+
     def link_socket(self) -> None:
         """Point the short runtime link at the socket (only needed for deep directories)."""
         if not self.needs_socket_link:

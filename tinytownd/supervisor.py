@@ -92,6 +92,7 @@ class Supervisor:
         self.paths.ensure_state_dir()
         if not self.lock.acquire():
             raise AlreadyRunning(f"tinytownd is already running (pid {daemon_pid(self.paths)})")
+        self.paths.rotate(self.paths.redis_log)  # ours alone now that we hold the lock
         self.paths.link_socket()
         self.binary = redis_server.find_binary(self.config)
         self.state.redis_binary = self.binary.path
