@@ -48,6 +48,17 @@ def _ensure_gitignore(path: Path) -> None:
             out.write("# tinytownd: runtime state and socket\n" + "\n".join(missing) + "\n")
 
 
+def _remote(config: Config, verb: str) -> bool:
+    """Say so and return True when the town uses a Redis reached by URL."""
+    if not config.remote_url:
+        return False
+    print(
+        f"town {config.name!r} uses the Redis at {control.redact_url(config.remote_url)} "
+        f"(redis.url / TINYTOWN_REDIS_URL / REDIS_URL): nothing local to {verb}"
+    )
+    return True
+
+
 def _override_args(args: argparse.Namespace) -> list[str]:
     extra = ["--aof"] if args.aof else []
     return extra + (["--appendfsync", args.appendfsync] if args.appendfsync else [])
@@ -56,11 +67,7 @@ def _override_args(args: argparse.Namespace) -> list[str]:
 @command("start")
 def cmd_start(args: argparse.Namespace) -> int:
     paths, config = project(args)
-    if config.remote_url:
-        print(
-            f"town {config.name!r} uses the Redis at {control.redact_url(config.remote_url)} "
-            "(redis.url / TINYTOWN_REDIS_URL / REDIS_URL): nothing local to supervise"
-        )
+    if _remote(config, "supervise"):
         return 0
     if args.foreground:
         return _run_foreground(args, paths, config)
@@ -93,11 +100,7 @@ def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Confi
 @command("stop")
 def cmd_stop(args: argparse.Namespace) -> int:
     paths, config = project(args)
-    if config.remote_url:
-        print(
-            f"town {config.name!r} uses the Redis at {control.redact_url(config.remote_url)}: "
-            "nothing local to stop"
-        )
+    if _remote(config, "stop"):
         return 0
     print(f"town {config.name!r}: {control.stop(paths, config)}")
     return 0
