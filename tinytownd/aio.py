@@ -18,10 +18,8 @@ from redis.client import NEVER_DECODE
 
 from . import ops
 from .channel import RETRYABLE
-from .config import Config
 from .models import Agent, Id, Message, Task, canonical_id
-from .paths import ProjectPaths
-from .town import client_options, prepare
+from .town import TownCore, client_options, prepare
 
 
 class Channel(ops.ChannelCore):
@@ -181,15 +179,8 @@ class Subscription:
         await self.close()
 
 
-class Town:
+class Town(TownCore[aioredis.Redis, Channel]):
     """:class:`tinytownd.Town` for asyncio."""
-
-    def __init__(self, config: Config, paths: ProjectPaths, client: aioredis.Redis) -> None:
-        self.config, self.paths, self.redis = config, paths, client
-
-    @property
-    def name(self) -> str:
-        return self.config.name
 
     @classmethod
     async def connect(cls, directory: str | Path = ".", *, start: bool = True) -> Town:
@@ -198,14 +189,8 @@ class Town:
         client = aioredis.Redis.from_url(url, **options) if url else aioredis.Redis(**options)
         return cls(config, paths, client)
 
-    def channel(self, *, reliable: bool = False) -> Channel:
-        """A channel bound to this town; ``reliable=True``: at-least-once receives."""
-        return Channel(
-            self.redis,
-            self.name,
-            town_broadcast=self.config.channel.broadcast == "town",
-            reliable=reliable,
-        )
+    def _channel(self, *, town_broadcast: bool, reliable: bool) -> Channel:
+        return Channel(self.redis, self.name, town_broadcast=town_broadcast, reliable=reliable)
 
     async def close(self) -> None:
         await self.redis.aclose()

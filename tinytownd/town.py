@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -14,6 +14,9 @@ from .channel import Channel
 from .config import Config
 from .paths import ProjectPaths
 from .state import daemon_pid
+
+ClientT = TypeVar("ClientT")
+ChannelT = TypeVar("ChannelT")
 
 
 def prepare(directory: str | Path, start: bool) -> tuple[Config, ProjectPaths]:
@@ -48,15 +51,27 @@ def client_options(
     return "", {**options, "unix_socket_path": str(paths.client_socket), "password": password}
 
 
-class Town:
-    """One town: its settings, its Redis client and channels bound to its name."""
+class TownCore(Generic[ClientT, ChannelT]):
+    """What both Town flavours share: settings, paths, a client, and how a channel is made."""
 
-    def __init__(self, config: Config, paths: ProjectPaths, client: redis.Redis) -> None:
+    def __init__(self, config: Config, paths: ProjectPaths, client: ClientT) -> None:
         self.config, self.paths, self.redis = config, paths, client
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def channel(self, *, reliable: bool = False) -> ChannelT:
+        """A channel bound to this town; ``reliable=True``: at-least-once receives."""
+        town_broadcast = self.config.channel.broadcast == "town"
+        return self._channel(town_broadcast=town_broadcast, reliable=reliable)
+
+    def _channel(self, *, town_broadcast: bool, reliable: bool) -> ChannelT:
+        raise NotImplementedError
+
+
+class Town(TownCore[redis.Redis, Channel]):
+    """One town: its settings, its Redis client and channels bound to its name."""
 
     @classmethod
     def connect(cls, directory: str | Path = ".", *, start: bool = True) -> Town:
@@ -70,14 +85,8 @@ class Town:
         client = redis.Redis.from_url(url, **options) if url else redis.Redis(**options)
         return cls(config, paths, client)
 
-    def channel(self, *, reliable: bool = False) -> Channel:
-        """A channel bound to this town; ``reliable=True``: at-least-once receives."""
-        return Channel(
-            self.redis,
-            self.name,
-            town_broadcast=self.config.channel.broadcast == "town",
-            reliable=reliable,
-        )
+    def _channel(self, *, town_broadcast: bool, reliable: bool) -> Channel:
+        return Channel(self.redis, self.name, town_broadcast=town_broadcast, reliable=reliable)
 
     def close(self) -> None:
         self.redis.close()
