@@ -69,6 +69,7 @@ def test_send_takes_named_fields_and_confirmations(town: Path) -> None:
         ["--to", "not-a-uuid", "--type", "ping"],
         ["--to", ME, "--type", "ping", "extra"],
         ["--to", ME, "--type", "task_done", "task_id=t-1"],
+        ["--to", ME, "--type", "ping", "ack=rejected"],
         ["--to", ME, "--type", "dance"],
         ["--to", ME, "--type", "ping", "--priority", "URGENT"],
     ],

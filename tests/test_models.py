@@ -176,3 +176,10 @@ def test_models_built_in_python_accept_plain_strings_and_uuid_objects() -> None:
     assert worker.id == A and Agent.from_json(worker.to_json()) == worker
     with pytest.raises(InvalidMessageError, match="state: 'IDLE' is not one of"):
         Agent(name="w", cli="claude", state="IDLE")
+
+
+def test_fields_a_message_type_does_not_have_are_refused() -> None:
+    with pytest.raises(
+        InvalidMessageError, match="a ping message takes no fields, not description"
+    ):
+        Message.ping(A, B, description="x")

@@ -176,11 +176,17 @@ class Message:
         **fields: Any,
     ) -> Message:
         """A new message of ``message_type``; ``fields`` are checked against that type."""
+        body = _body(message_type, fields)
+        if unknown := fields.keys() - body.keys():
+            known = ", ".join(body) or "no fields"
+            raise InvalidMessageError(
+                f"a {message_type} message takes {known}, not {', '.join(sorted(unknown))}"
+            )
         return cls(
             sender=canonical_id(sender, "from"),
             to=canonical_id(to, "to"),
             type=message_type,
-            body=_body(message_type, fields),
+            body=body,
             priority=Priority(priority),
             correlation_id=None if correlation_id is None else canonical_id(correlation_id),
         )

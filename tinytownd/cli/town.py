@@ -43,7 +43,8 @@ def _message(args: argparse.Namespace, to: str) -> Message:
     fields: dict[str, Any] = {}
     for item in args.fields:
         name, sep, value = item.partition("=")
-        if sep and name in {field for field, _ in spec} | {"ack", "reason"}:
+        confirmation = {"ack", "reason"} if args.type == "confirmation" else set()
+        if sep and name in {field for field, _ in spec} | confirmation:
             fields[name] = value
         elif len(spec) == 1 and spec[0][1] is str and not fields:
             fields[spec[0][0]] = item  # the one text field of task, query, informational...
