@@ -11,7 +11,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -226,7 +225,3 @@ def apply_live(paths: ProjectPaths, config: Config) -> bool:
     if pid:
         os.kill(pid, signal.SIGHUP)
     return True
-
-
-def log_files(paths: ProjectPaths) -> list[Path]:
-    return [paths.daemon_log, paths.redis_log]
