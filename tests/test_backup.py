@@ -147,3 +147,11 @@ def test_restore_asks_before_replacing_anything(town: Path, tmp: Path) -> None:
     assert tinytownd("save", "--to", str(tmp / "s.rdb"), "--dir", str(town)).returncode == 0
     result = tinytownd("restore", str(tmp / "s.rdb"), "--dir", str(town))
     assert result.returncode == 2 and "--force" in result.stderr
+
+
+def test_save_to_a_directory_that_does_not_exist_is_one_clear_line(town: Path) -> None:
+    result = tinytownd("save", "--to", "/nonexistent/dir/x.rdb", "--dir", str(town))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "tinytownd: cannot write to /nonexistent/dir: choose another --to"
+    )

@@ -40,5 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TinytownError as err:
         print(f"tinytownd: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a file we could not read or write: say which, not a traceback
+        where = f": {err.filename}" if err.filename else ""
+        print(f"tinytownd: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

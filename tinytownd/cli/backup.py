@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ def cmd_save(args: argparse.Namespace) -> int:
     target = Path(args.to) if args.to else paths.root / backup.DEFAULT_FILE
     if target.is_dir():
         target = target / backup.DEFAULT_FILE
+    if not os.access(target.parent, os.W_OK):
+        raise ConfigError(f"cannot write to {target.parent}: choose another --to")
     snapshot = backup.save(paths, config, target.resolve())
     taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(snapshot.taken_at))
     emit(
