@@ -28,13 +28,28 @@ from .errors import NotRunningError, StartupError, TinytownError
 from .keys import LEGACY_KINDS
 from .migrate import MigrationReport
 from .paths import ProjectPaths
+from .state import DaemonState
 
 DEFAULT_FILE = "tinytown-state.rdb"
 _KEYS_READ = re.compile(r"\[info\] (\d+) keys read")
+_EXPIRES = re.compile(r"\[info\] (\d+) expires")
 
 
 class BackupError(TinytownError):
     """A snapshot could not be made, checked or restored."""
+
+
+@dataclass(frozen=True)
+class RdbCount:
+    """What Redis's checker counted in a snapshot."""
+
+    keys: int
+    #: Keys with a TTL: some may have expired by the time the snapshot is loaded.
+    expiring: int = 0
+
+    def allows(self, loaded: int) -> bool:
+        """Whether a Redis that loaded ``loaded`` keys loaded the whole snapshot."""
+        return self.keys - self.expiring <= loaded <= self.keys
 
 
 @dataclass(frozen=True)
@@ -45,8 +60,8 @@ class Snapshot:
     taken_at: float
 
 
-def check_rdb(config: Config, path: Path) -> int:
-    """Run Redis's RDB checker on a copy of ``path``; return its key count or raise."""
+def check_rdb(config: Config, path: Path) -> RdbCount:
+    """Run Redis's RDB checker on a copy of ``path``; return what it counted or raise."""
     binary = redis_server.find_binary(config)
     with tempfile.TemporaryDirectory(prefix="ttc-") as scratch:
         copy = Path(scratch) / "check.rdb"
@@ -63,13 +78,16 @@ def check_rdb(config: Config, path: Path) -> int:
         errors = [line for line in done.stdout.splitlines() if line.startswith("[offset")]
         reason = errors[-1].split("] ", 1)[-1] if errors else "not an RDB file"
         raise BackupError(f"{path} is not a valid Redis snapshot: {reason}")
-    return int(found.group(1))
+    expiring = _EXPIRES.search(done.stdout)
+    return RdbCount(int(found.group(1)), int(expiring.group(1)) if expiring else 0)
 
 
 def _copy_atomically(source: Path, target: Path) -> int:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        with open(source, "rb") as src, open(tmp, "wb") as out:
+        # 0600 whatever the umask: a town's data is its owner's alone.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
@@ -124,10 +142,15 @@ def save(paths: ProjectPaths, config: Config, target: Path, timeout: float = 600
         directory = str(client.config_get("dir")["dir"])
         live = Path(directory) / str(client.config_get("dbfilename")["dbfilename"])
         taken_at = float(info["rdb_last_save_time"])
+    except (redis.ConnectionError, redis.TimeoutError) as err:
+        raise BackupError(
+            f"lost Redis during the snapshot ({err}); {target} was not written. See "
+            "`tinytownd status`, then retry"
+        ) from None
     finally:
         client.close()
     size = _copy_atomically(live, target)
-    return Snapshot(target, size, check_rdb(config, target), taken_at)
+    return Snapshot(target, size, check_rdb(config, target).keys, taken_at)
 
 
 def _persistence(client: redis.Redis) -> dict[str, Any]:
@@ -173,6 +196,8 @@ def restore(
     """
     expected = check_rdb(config, source)
     was_running = current_keys(paths) is not None
+    # The town comes back with the durability it ran with, `start --aof ...` included.
+    start_args = DaemonState.load(paths).start_args
     control.stop(paths, config)  # SHUTDOWN SAVE: the data we set aside is complete
     paths.ensure_state_dir()
     backup = paths.new_backup_dir()
@@ -183,23 +208,28 @@ def restore(
         _copy_atomically(source, paths.rdb)
         # No AOF on disk now, so Redis loads the snapshot; if AOF is configured the
         # daemon turns it on and waits until it is rebuilt from the restored data.
-        control.start(paths, config)
+        control.start(paths, config, start_args)
         client = _client(paths)
         try:
             loaded = _total_keys(client)
-            if loaded != expected:
-                raise BackupError(f"Redis loaded {loaded} keys, the snapshot has {expected}")
+            if not expected.allows(loaded):
+                raise BackupError(f"Redis loaded {loaded} keys, the snapshot has {expected.keys}")
             renamed = _rename(client, config, rename_from) if rename_from else None
         finally:
             client.close()
     except (TinytownError, OSError, redis.RedisError) as err:
-        _roll_back(paths, config, backup, kept, was_running)
+        _roll_back(paths, config, backup, kept, was_running, start_args)
         raise BackupError(f"restore failed, previous data back in force: {err}") from None
-    return Restored(expected, backup, renamed)
+    return Restored(loaded, backup, renamed)
 
 
 def _roll_back(
-    paths: ProjectPaths, config: Config, backup: Path, kept: list[Path], was_running: bool
+    paths: ProjectPaths,
+    config: Config,
+    backup: Path,
+    kept: list[Path],
+    was_running: bool,
+    start_args: list[str],
 ) -> None:
     with contextlib.suppress(TinytownError):
         control.stop(paths, config)
@@ -212,7 +242,7 @@ def _roll_back(
         os.rename(backup / item.name, item)
     if was_running:
         with contextlib.suppress(StartupError):  # the caller's error says what happened
-            control.start(paths, config)
+            control.start(paths, config, start_args)
 
 
 def towns_in(client: redis.Redis) -> set[str]:

@@ -18,7 +18,7 @@ import redis
 
 from . import redis_server
 from .config import Config
-from .errors import NotRunningError, StartupError
+from .errors import ForeignSocketError, NotRunningError, StartupError, StopError
 from .paths import ProjectPaths
 from .redis_server import RedisProcess
 from .state import DaemonState, daemon_pid
@@ -112,30 +112,82 @@ def _wait_for_ping(paths: ProjectPaths, timeout: float) -> None:
         client.close()
 
 
-def stop(paths: ProjectPaths, config: Config) -> str:
-    """Stop the daemon (Redis saves first); returns what happened, for a person."""
-    timeout = config.supervisor.stop_timeout + 15
+def stop(paths: ProjectPaths, config: Config, force: bool = False) -> str:
+    """Stop the town: Redis saves (``SHUTDOWN SAVE``), then exits, then the daemon.
+
+    Returns what happened, for a person. Raises :class:`StopError`, with Redis still
+    running and nothing lost, when Redis cannot save or is still saving after
+    ``supervisor.stop_timeout``. ``force``: kill Redis without saving.
+    """
+    timeout = config.supervisor.stop_timeout
     pid = daemon_pid(paths)
     if pid:
-        os.kill(pid, signal.SIGTERM)
+        asked = time.time()
+        os.kill(pid, signal.SIGUSR1 if force else signal.SIGTERM)
         # The daemon's lock goes when it exits; its pid may linger as a zombie when
         # nothing reaps orphans (containers), so the pid is the wrong thing to watch.
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout + 5
         while daemon_pid(paths) is not None:
+            recorded = DaemonState.load(paths)
+            if recorded.stop_failure and (recorded.stop_failure_at or 0) >= asked:
+                raise StopError(recorded.stop_failure)
             if time.monotonic() > deadline:
-                raise StartupError(f"tinytownd (pid {pid}) did not stop within {timeout:g}s")
+                raise StopError(
+                    f"redis-server is still saving after {timeout:g}s and keeps running, so "
+                    "nothing is lost; the daemon stops it once the save is done (see "
+                    "`tinytownd status`). `tinytownd stop --force` kills it now and loses "
+                    "the unsaved writes"
+                )
             time.sleep(0.01)
-        return f"stopped (daemon pid {pid})"
+        _confirm_stopped(paths)
+        recorded = DaemonState.load(paths)
+        if recorded.state == "stopped" and recorded.failure:
+            raise StopError(f"{recorded.failure}; writes since its last save may be lost")
+        return f"stopped (daemon pid {pid})" + (" without saving" if force else "")
     redis_pid = redis_server.identify(paths)
     if redis_pid is None:
         return "not running"
     process = RedisProcess(redis_pid)
     try:
-        client = redis_server.connect(paths, timeout=config.supervisor.stop_timeout)
-        outcome = redis_server.shutdown(client, process, config.supervisor.stop_timeout)
+        if force:
+            process.kill_group()
+            process.wait(5)
+            return f"unsupervised redis-server (pid {redis_pid}) killed without saving"
+        redis_server.shutdown(paths, process, timeout)
     finally:
         process.close()
-    return f"unsupervised redis-server (pid {redis_pid}) {outcome}"
+    return f"unsupervised redis-server (pid {redis_pid}) saved and stopped"
+
+
+def _confirm_stopped(paths: ProjectPaths) -> None:
+    """The daemon is gone; make sure its Redis is too before saying "stopped"."""
+    try:
+        left = redis_server.identify(paths)
+    except ForeignSocketError:
+        left = None  # not ours, not this town's Redis: status and start report it
+    if left is not None:
+        raise StopError(
+            f"the daemon exited but redis-server (pid {left}) still runs, unsupervised; "
+            "run `tinytownd stop` again"
+        )
+
+
+def unsaved(paths: ProjectPaths) -> str:
+    """What ``stop --force`` would lose, in words, as far as Redis can still tell."""
+    client = redis_server.connect(paths, timeout=1.0)
+    try:
+        info = client.info("persistence")
+    except (redis.RedisError, OSError):
+        return "Redis does not answer, so whatever it has not saved is lost"
+    finally:
+        client.close()
+    changes = info.get("rdb_changes_since_last_save", "?")
+    if info.get("aof_enabled"):
+        return (
+            f"{changes} changes since the last snapshot; the append-only file has every "
+            "write it acknowledged, so little or nothing is lost"
+        )
+    return f"{changes} changes since the last snapshot are lost"
 
 
 def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:

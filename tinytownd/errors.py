@@ -28,6 +28,10 @@ class StartupError(TinytownError):
     """Redis or the daemon could not be started."""
 
 
+class StopError(TinytownError):
+    """Redis could not be stopped without losing data, so it was left running."""
+
+
 class NotRunningError(TinytownError):
     """The town's daemon (or its Redis) is not running."""
 

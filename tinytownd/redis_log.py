@@ -71,3 +71,14 @@ def diagnose(lines: list[str], paths: ProjectPaths, exit_reason: str) -> str:
     errors = [_message(line) for line in lines if " # " in line and "overcommit" not in line]
     last = errors[-1] if errors else (_message(lines[-1]) if lines else "no log output")
     return f"redis-server {exit_reason} while starting: {last} (see {paths.redis_log})"
+
+
+_SAVE_ERRORS = ("Write error", "Failed opening", "Failed to", "No space left", "error saving")
+
+
+def save_failure(paths: ProjectPaths) -> str | None:
+    """Why Redis's last save failed, from the end of its log, if it says."""
+    for line in reversed(tail(paths, count=30)):
+        if any(mark in line for mark in _SAVE_ERRORS) and "can't exit" not in line:
+            return _message(line)
+    return None

@@ -11,6 +11,7 @@ import secrets
 import select
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import threading
@@ -25,8 +26,9 @@ from redis.retry import Retry
 
 from . import redis_log
 from .config import Config, Persistence, RedisSettings
-from .errors import ForeignSocketError, StartupError
+from .errors import ForeignSocketError, StartupError, StopError
 from .paths import ProjectPaths
+from .peer import check_own, own_socket_client
 
 log = logging.getLogger("tinytownd")
 
@@ -89,31 +91,22 @@ def find_binary(config: Config) -> ServerBinary:
     )
 
 
-def aof_is_newest(paths: ProjectPaths) -> bool:
-    """True when the append-only files hold newer data than the RDB snapshot.
-
-    Redis loads only the AOF when started with ``appendonly yes`` and only the RDB
-    otherwise, so after a crash we must start it in whichever mode wrote last.
-    """
-    try:
-        aof_mtime = max(entry.stat().st_mtime for entry in os.scandir(paths.aof_dir))
-    except (FileNotFoundError, ValueError):
-        return False
-    try:
-        return aof_mtime >= paths.rdb.stat().st_mtime
-    except FileNotFoundError:
-        return True
-
-
 def _quoted(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def launch_config(
-    paths: ProjectPaths, persistence: Persistence, network: RedisSettings, password: str | None
+    paths: ProjectPaths,
+    persistence: Persistence,
+    network: RedisSettings,
+    password: str | None,
+    load_aof: bool,
 ) -> str:
     """The redis.conf for one launch. A file (mode 0600) rather than arguments, so a
-    password never shows in `ps`; TCP, when configured, is open only with it."""
+    password never shows in `ps`; TCP, when configured, is open only with it.
+
+    ``load_aof`` decides which file Redis loads (see :mod:`tinytownd.durability`); the
+    wanted ``appendonly`` is applied afterwards with ``CONFIG SET``."""
     settings = [
         ("dir", str(paths.state_dir)),
         ("port", str(network.port)),
@@ -125,7 +118,7 @@ def launch_config(
         ("supervised", "no"),
         ("always-show-logo", "no"),
         ("save", persistence.save),
-        ("appendonly", "yes" if aof_is_newest(paths) else "no"),
+        ("appendonly", "yes" if load_aof else "no"),
         ("appendfsync", persistence.appendfsync),
     ]
     if network.port:
@@ -160,8 +153,8 @@ def read_password(paths: ProjectPaths) -> str | None:
 
 def connect(paths: ProjectPaths, timeout: float | None = None) -> redis.Redis:
     """A client for the daemon's own checks: no retries, bounded waits."""
-    return redis.Redis(
-        unix_socket_path=str(paths.client_socket),
+    return own_socket_client(
+        str(paths.client_socket),
         password=read_password(paths),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
@@ -182,6 +175,13 @@ class RedisProcess:
         self.pid = pid
         self.popen = popen
         self.log_offset = log_offset  # where this process's lines start in redis.log
+        # We launch Redis as the leader of its own process group, which then holds its
+        # save and rewrite children too; an adopted Redis is checked, not assumed.
+        self.group: int | None = pid if popen is not None else None
+        with contextlib.suppress(OSError):
+            if popen is None and os.getpgid(pid) == pid:
+                self.group = pid
+        self._activity: tuple[float, ...] | None = None
         self._fd = self._exit_fd(pid)
 
     @staticmethod
@@ -220,15 +220,48 @@ class RedisProcess:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
 
+    def kill_group(self) -> None:
+        """SIGKILL Redis and every child it forked (a BGSAVE or rewrite child left
+        running would rename its file over newer data later). The kernel does not
+        reuse a process-group id while any member lives, so this hits only ours."""
+        if self.group is None:
+            self.kill()
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.group, signal.SIGKILL)
+
+    def made_progress(self) -> bool:
+        """Whether Redis's main thread has run since the last call: its CPU time or
+        context switches moved. A busy Redis (a long script, SAVE, a client pause)
+        keeps running; a hung or stopped one does not."""
+        try:
+            proc = psutil.Process(self.pid)
+            if proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
+                activity = None
+            else:
+                switches = proc.num_ctx_switches()
+                main = next((t for t in proc.threads() if t.id == self.pid), None)
+                cpu = main.user_time + main.system_time if main else sum(proc.cpu_times()[:2])
+                activity = (switches.voluntary, switches.involuntary, cpu)
+        except psutil.Error:
+            activity = None
+        progressed = activity is not None and activity != self._activity
+        self._activity = activity
+        return progressed
+
     def close(self) -> None:
         os.close(self._fd)
 
 
 def spawn(
-    binary: ServerBinary, paths: ProjectPaths, persistence: Persistence, network: RedisSettings
+    binary: ServerBinary,
+    paths: ProjectPaths,
+    persistence: Persistence,
+    network: RedisSettings,
+    load_aof: bool,
 ) -> RedisProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
-    conf = launch_config(paths, persistence, network, password_for(paths, network))
+    conf = launch_config(paths, persistence, network, password_for(paths, network), load_aof)
     fd = os.open(paths.redis_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(conf)
@@ -241,8 +274,9 @@ def spawn(
             stderr=log,
             env=env,
             umask=0o077,
-            # Its own session: a Ctrl-C meant for a foreground daemon must not reach Redis
-            # directly; the daemon stops it with SHUTDOWN SAVE instead.
+            # Its own session and process group: a Ctrl-C meant for a foreground daemon
+            # must not reach Redis directly (the daemon stops it with SHUTDOWN SAVE), and
+            # its forked children can be killed with it.
             start_new_session=True,
         )
     return RedisProcess(popen.pid, popen, log_offset=offset)
@@ -287,10 +321,15 @@ def _text(value: Any) -> str:
 
 
 def apply_persistence(client: redis.Redis, wanted: Persistence, timeout: float) -> None:
-    """``CONFIG SET`` the settings; when AOF goes on, wait until its first rewrite is on disk."""
+    """``CONFIG SET`` the settings; when AOF goes on, wait until its first rewrite is on
+    disk; when it goes off, start a snapshot, which is then the only up-to-date copy."""
+    was_on = _text(client.config_get("appendonly")["appendonly"]) == "yes"
     client.config_set("save", wanted.save)
     client.config_set("appendfsync", wanted.appendfsync)
     client.config_set("appendonly", "yes" if wanted.appendonly else "no")
+    if was_on and not wanted.appendonly:
+        with contextlib.suppress(redis.ResponseError):
+            client.execute_command("BGSAVE", "SCHEDULE")
     if wanted.appendonly:
         deadline = time.monotonic() + timeout
         while not aof_ready(client.info("persistence")):
@@ -311,21 +350,45 @@ def aof_ready(info: dict[str, Any]) -> bool:
 def identify(paths: ProjectPaths) -> int | None:
     """The pid of this town's Redis if one answers on the socket, None if nothing does.
 
-    Raises :class:`ForeignSocketError` when the socket is served by some other process,
-    and never removes a socket that something still answers on.
+    Raises :class:`ForeignSocketError` when the socket is a symlink, belongs to another
+    user, or is served by a process that is not this town's Redis (the kernel names the
+    process; nothing it says about itself is trusted). Never removes a socket that
+    something still answers on.
     """
-    if not os.path.lexists(paths.socket):
+    try:
+        info = os.lstat(paths.socket)
+    except FileNotFoundError:
         return None
+    if stat.S_ISLNK(info.st_mode):
+        raise ForeignSocketError(
+            f"{paths.socket} is a symlink; tinytownd never follows one (it could lead to "
+            "anyone's server): remove it and retry"
+        )
+    if not stat.S_ISSOCK(info.st_mode):
+        return None  # remove_stale_socket says what to do about it
+    if info.st_uid != os.geteuid():
+        raise ForeignSocketError(
+            f"{paths.socket} belongs to uid {info.st_uid}, not to you; remove it (check who "
+            "can write to the project directory) and retry"
+        )
+    try:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(2.0)
+            probe.connect(str(paths.client_socket))
+            peer = check_own(probe, str(paths.socket))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return None
+    except OSError as err:
+        raise ForeignSocketError(f"cannot reach {paths.socket}: {err.strerror or err}") from None
     client = connect(paths, timeout=2.0)
     try:
-        pid = int(client.info("server")["process_id"])
         served_dir = _text(client.config_get("dir")["dir"])
     except redis.TimeoutError:
         raise ForeignSocketError(
             f"{paths.socket} accepts connections but does not answer (a stopped or hung "
-            "redis-server?); find it with `fuser` or `lsof` and stop it"
+            f"redis-server, pid {peer.pid}?); stop it and retry"
         ) from None
-    except (redis.ConnectionError, FileNotFoundError):
+    except redis.ConnectionError:
         return None
     except redis.RedisError as err:
         raise ForeignSocketError(
@@ -334,12 +397,12 @@ def identify(paths: ProjectPaths) -> int | None:
         ) from None
     finally:
         client.close()
-    if os.path.realpath(served_dir) != os.path.realpath(paths.state_dir):
+    if os.path.realpath(served_dir) != os.path.realpath(paths.state_dir) or peer.pid is None:
         raise ForeignSocketError(
-            f"{paths.socket} is served by another redis-server (pid {pid}, dir {served_dir}); "
-            "stop it or use another directory"
+            f"{paths.socket} is served by another redis-server (pid {peer.pid}, dir "
+            f"{served_dir}); stop it or use another directory"
         )
-    return pid
+    return peer.pid
 
 
 def remove_stale_socket(paths: ProjectPaths) -> None:
@@ -355,22 +418,76 @@ def remove_stale_socket(paths: ProjectPaths) -> None:
     os.unlink(paths.socket)
 
 
-def shutdown(client: redis.Redis, process: RedisProcess, timeout: float) -> str:
-    """Stop Redis: ``SHUTDOWN SAVE``, then SIGTERM, then SIGKILL, each with a deadline.
+def shutdown(paths: ProjectPaths, process: RedisProcess, timeout: float) -> None:
+    """``SHUTDOWN SAVE`` and wait until Redis has exited.
 
-    Returns how it ended, for the log.
+    Raises :class:`StopError`, with Redis left running and nothing lost, when Redis
+    refuses (it could not save: a full disk, an I/O error) or is still saving after
+    ``timeout`` seconds. Nothing here ever kills Redis: see :meth:`RedisProcess.kill_group`.
     """
+    client = connect(paths, timeout)
     try:
-        client.shutdown(save=True)
-    except (redis.ConnectionError, redis.TimeoutError):
-        pass  # Redis closes the connection as it exits (or is still saving): wait below
-    except redis.RedisError as err:
-        log.warning("SHUTDOWN SAVE refused (%s); falling back to SIGTERM", err)
-    if process.wait(timeout):
-        return "saved and stopped"
-    process.kill(signal.SIGTERM)
-    if process.wait(min(timeout, 10.0)):
-        return "stopped by SIGTERM"
-    process.kill(signal.SIGKILL)
-    process.wait(5.0)
-    return "killed (did not stop within the timeout)"
+        client.execute_command("SHUTDOWN", "SAVE")
+    except redis.TimeoutError:
+        pass  # still saving: the wait below says so
+    except redis.ConnectionError:
+        pass  # Redis closes the connection as it exits
+    except redis.ResponseError as err:
+        raise StopError(refused_to_stop(paths, str(err))) from None
+    finally:
+        client.close()
+    if not process.wait(timeout):
+        raise StopError(
+            f"redis-server (pid {process.pid}) is still saving after {timeout:g}s and keeps "
+            "running, so nothing is lost; it exits once the save is done (see `tinytownd "
+            "status`). `tinytownd stop --force` kills it and loses the unsaved writes"
+        )
+
+
+def refused_to_stop(paths: ProjectPaths, error: str) -> str:
+    """One line for a ``SHUTDOWN SAVE`` that Redis refused."""
+    why = redis_log.save_failure(paths) or error
+    return (
+        f"redis-server could not save its data ({why}), so it keeps running and nothing "
+        "is lost; free disk space (or fix the error) and run `tinytownd stop` again, or "
+        "`tinytownd stop --force` to stop it losing the unsaved writes"
+    )
+
+
+class ShutdownRequest:
+    """``SHUTDOWN SAVE`` sent without waiting for it, for the daemon's event loop:
+    :meth:`fileno` turns readable when Redis answers (it refused) or closes the
+    connection (it is exiting)."""
+
+    def __init__(self, paths: ProjectPaths) -> None:
+        # Checked like every connection of ours; no read timeout: a save takes what it takes.
+        # Held for our whole life: the client closes its pool when collected.
+        self.client = own_socket_client(
+            str(paths.client_socket),
+            password=read_password(paths),
+            socket_timeout=None,
+            socket_connect_timeout=5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.connection: Any = self.client.connection_pool.get_connection()
+        self.connection.send_command("SHUTDOWN", "SAVE")
+
+    def fileno(self) -> int:
+        sock = self.connection._sock  # redis-py offers no public accessor
+        return sock.fileno() if sock is not None else -1
+
+    def refusal(self) -> str | None:
+        """Once readable: Redis's error, or None when it closed the connection to exit."""
+        try:
+            reply = self.connection.read_response()
+        except redis.ResponseError as err:
+            return str(err)
+        except (redis.ConnectionError, OSError):
+            return None
+        finally:
+            self.connection.disconnect()
+        return f"unexpected reply {reply!r}"
+
+    def close(self) -> None:
+        self.connection.disconnect()
+        self.client.close()

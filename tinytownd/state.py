@@ -32,6 +32,11 @@ class DaemonState:
     failure: str | None = None
     log_tail: list[str] = field(default_factory=list)
     load_warnings: list[str] = field(default_factory=list)
+    #: Why the last stop left Redis running (it could not save), and when.
+    stop_failure: str | None = None
+    stop_failure_at: float | None = None
+    #: The ``start`` flags this run was started with (``--aof`` ...), for restore.
+    start_args: list[str] = field(default_factory=list)
 
     def save(self, paths: ProjectPaths) -> None:
         tmp = paths.state_file.with_suffix(".tmp")

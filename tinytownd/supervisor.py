@@ -1,29 +1,37 @@
 """The daemon: keep one town's redis-server running and report how it is doing.
 
-One thread waits, with no timers spinning, on three things at once: Redis
-exiting (a pidfd), signals (a wakeup fd), and the next health check.
+One thread waits, with no timers spinning, on four things at once: Redis
+exiting (a pidfd), signals (a wakeup fd), the answer to a ``SHUTDOWN SAVE``, and
+the next health check.
+
+What it never does: kill a Redis that is busy rather than hung, kill one that
+could not save on the way out (only ``stop --force`` does), restart Redis from a
+file older than the newest one (see :mod:`tinytownd.durability`), or exit because
+its own I/O failed.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import logging
 import os
 import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 
 from . import config as config_module
-from . import redis_log, redis_server
+from . import durability, redis_log, redis_server
 from .config import Config, Persistence
 from .errors import ConfigError, StartupError, TinytownError
 from .notify import Notifier
 from .paths import ProjectPaths
-from .redis_server import RedisProcess, ServerBinary
+from .redis_server import RedisProcess, ServerBinary, ShutdownRequest
 from .state import DaemonLock, DaemonState, daemon_pid
 
 log = logging.getLogger("tinytownd")
@@ -43,13 +51,17 @@ class Supervisor:
     """Runs in the foreground until stopped; :meth:`run` returns the exit code."""
 
     def __init__(
-        self, paths: ProjectPaths, config: Config, override: PersistenceOverride = lambda p: p
+        self,
+        paths: ProjectPaths,
+        config: Config,
+        override: PersistenceOverride = lambda p: p,
+        start_args: Sequence[str] = (),
     ) -> None:
         self.paths = paths
         self.config = config
         self.override = override
         self.notifier = Notifier()
-        self.state = DaemonState(daemon_pid=os.getpid())
+        self.state = DaemonState(daemon_pid=os.getpid(), start_args=list(start_args))
         self.lock = DaemonLock(paths)
         self.binary: ServerBinary | None = None
         self.process: RedisProcess | None = None
@@ -60,6 +72,9 @@ class Supervisor:
         self.redis_started = time.monotonic()
         self.health_misses = 0
         self.restart_at: float | None = None
+        self.tracker = durability.AofTracker(paths)
+        self.shutdown: ShutdownRequest | None = None
+        self.state_unsaved = False
         self.selector = selectors.DefaultSelector()
         # Signals arrive as bytes on this pair (signal.set_wakeup_fd), next to Redis's exit.
         self._wake, self._wake_write = socket.socketpair()
@@ -77,7 +92,7 @@ class Supervisor:
             if self.lock.held:  # state.json belongs to whoever holds the lock
                 self._publish("failed", failure=str(err))
             if self.process is not None:
-                self.process.kill()
+                self.process.kill_group()
             self.lock.release()
             raise
         try:
@@ -107,7 +122,7 @@ class Supervisor:
             self.live = redis_server.persistence_settings(self.client)
         else:
             redis_server.remove_stale_socket(self.paths)
-            self._launch(self.live)
+            self._launch(self.override(self.config.persistence))
         self.state.started_at = time.time()
         self._publish("running")
         self.notifier.ready(self._summary())
@@ -118,22 +133,38 @@ class Supervisor:
             self.process.pid if self.process else 0,
         )
 
-    def _launch(self, persistence: Persistence) -> None:
+    def _launch(self, wanted: Persistence, crash_restart: bool = False) -> None:
         assert self.binary is not None
         self._publish("starting" if self.state.state != "restarting" else "restarting")
-        process = redis_server.spawn(self.binary, self.paths, persistence, self.config.redis)
+        plan = durability.plan(self.paths)
+        if plan.load_aof or plan.turned_on:
+            self.tracker.aof_on()
+        if crash_restart and plan.turned_on and not wanted.appendonly:
+            # A runtime `CONFIG SET appendonly yes` we had not seen yet: keep it.
+            wanted = dataclasses.replace(wanted, appendonly=True)
+        removed = durability.remove_leftovers(self.paths)
+        if removed:
+            log.info("removed partial files of a killed save: %s", ", ".join(removed))
+        process = redis_server.spawn(
+            self.binary, self.paths, wanted, self.config.redis, load_aof=plan.load_aof
+        )
         self.redis_started = time.monotonic()
         self._watch(process)
         client = redis_server.wait_ready(process, self.paths, self.settings.start_timeout)
-        redis_server.apply_persistence(client, persistence, self.settings.start_timeout)
-        client.close()
+        try:
+            if wanted.appendonly:
+                self.tracker.aof_on()  # before Redis writes a single AOF byte
+            redis_server.apply_persistence(client, wanted, self.settings.start_timeout)
+        finally:
+            client.close()
         warnings = redis_log.load_warnings(redis_log.lines_since(self.paths, process.log_offset))
         if warnings:
             log.warning("redis-server loaded its data with losses: %s", "; ".join(warnings))
         self.state.load_warnings = warnings
         self.client = redis_server.connect(self.paths, self.settings.health_timeout)
-        self.live = persistence
+        self.live = wanted
         self.health_misses = 0
+        process.made_progress()  # the baseline for telling busy from hung
 
     def _watch(self, process: RedisProcess) -> None:
         self._unwatch()
@@ -154,7 +185,7 @@ class Supervisor:
         self._wake.setblocking(False)
         self._wake_write.setblocking(False)
         signal.set_wakeup_fd(self._wake_write.fileno())
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(signum, lambda *_: None)
         self.selector.register(self._wake, selectors.EVENT_READ, "signal")
 
@@ -169,16 +200,15 @@ class Supervisor:
             now = time.monotonic()
             deadline = min(next_health, next_watchdog, self.restart_at or float("inf"))
             for key, _ in self.selector.select(max(0.0, deadline - now)):
+                code: int | None = None
                 if key.data == "signal":
-                    for received in wake_read.recv(64):  # one byte per signal
-                        if received == signal.SIGHUP:
-                            self._reload()
-                        else:
-                            return self._stop()
+                    code = self._on_signals(wake_read.recv(64))  # one byte per signal
+                elif key.data == "shutdown":
+                    self._on_shutdown_answer()
                 elif key.data == "exit" and self.process is not None and self.process.wait(0):
                     code = self._on_exit()
-                    if code is not None:
-                        return code
+                if code is not None:
+                    return code
             now = time.monotonic()
             if self.restart_at is not None and now >= self.restart_at:
                 code = self._restart()
@@ -186,38 +216,83 @@ class Supervisor:
                     return code
             if now >= next_health:
                 self._health_check()
+                if self.state_unsaved:
+                    self._save_state()
                 next_health = now + self.settings.health_interval
             if watchdog and now >= next_watchdog:
-                if self.state.state == "running" and self.health_misses == 0:
+                if self.state.state in ("running", "stopping") and self.health_misses == 0:
                     self.notifier.watchdog()
                 next_watchdog = now + watchdog
 
+    def _on_signals(self, received: bytes) -> int | None:
+        for signum in received:
+            if signum == signal.SIGUSR1:
+                return self._force_stop()
+            if signum == signal.SIGHUP:
+                self._reload()
+            elif self.state.state != "stopping":
+                code = self._begin_stop()
+                if code is not None:
+                    return code
+        return None
+
     def _health_check(self) -> None:
-        if self.client is None or self.process is None:
+        if self.client is None or self.process is None or self.state.state == "stopping":
             return
+        if self.process.wait(0):
+            return  # it has exited: the exit event, next, says why
         try:
             self.live = redis_server.persistence_settings(self.client)
+            if self.live.appendonly:
+                self.tracker.aof_on()
+            elif self.tracker.needs_snapshot_info:
+                self.tracker.observe(self.client.info("persistence"))
             self.health_misses = 0
+            self.process.made_progress()
+            return
         except redis.BusyLoadingError:
             self.health_misses = 0
-        except redis.RedisError as err:
-            self.health_misses += 1
-            log.warning(
-                "health check %d/%d failed: %s",
-                self.health_misses,
-                self.settings.health_failures,
-                err,
-            )
-            if self.health_misses >= self.settings.health_failures and self.process:
-                log.error("redis-server stopped answering; killing it to restart")
-                self.process.kill()
+            return
+        except redis.ResponseError as err:
+            if not str(err).startswith("BUSY"):
+                log.warning("health check: %s", err)
+                return
+            failure: Exception = err  # a long script: busy, judged by progress below
+        except (redis.RedisError, OSError) as err:
+            failure = err
+        try:
+            busy = self.process.made_progress()
+        except Exception:  # psutil on an exotic platform: never a reason to kill
+            log.exception("cannot read redis-server's activity")
+            busy = True
+        if busy:
+            if self.health_misses == 0:
+                log.info("redis-server is busy (%s) but running; not a hang", failure)
+            self.health_misses = 0
+            return
+        self.health_misses += 1
+        log.warning(
+            "health check %d/%d failed and redis-server made no progress: %s",
+            self.health_misses,
+            self.settings.health_failures,
+            failure,
+        )
+        if self.health_misses >= self.settings.health_failures:
+            log.error("redis-server neither answers nor runs; killing it to restart")
+            self.process.kill_group()
 
     def _on_exit(self) -> int | None:
         assert self.process is not None
         reason = self.process.exit_reason()
         if self.health_misses >= self.settings.health_failures:
-            reason = f"stopped answering PING, killed ({reason})"
+            reason = f"stopped answering PING and making progress, killed ({reason})"
+        # Its save or rewrite child must not outlive it and rename a file later.
+        self.process.kill_group()
+        clean = self.process.popen is not None and self.process.popen.returncode == 0
         self._unwatch()
+        self._drop_shutdown()
+        if self.state.state == "stopping":
+            return self._stopped(None if clean else f"redis-server {reason} while stopping")
         return self._crashed(reason)
 
     def _crashed(self, reason: str) -> int | None:
@@ -251,13 +326,15 @@ class Supervisor:
         self.state.restarts += 1
         try:
             redis_server.remove_stale_socket(self.paths)
-            self._launch(self.live)
-        except StartupError as err:
+            self._launch(self.live, crash_restart=True)
+        except Exception as err:
+            # Anything that keeps Redis from coming back (it died again, a full disk, a
+            # socket in the way) is one more crash, retried with backoff: never our end.
             if self.process is not None:
-                self.process.kill()
+                self.process.kill_group()
                 self.process.wait(5)
                 self._unwatch()
-            return self._crashed(str(err))
+            return self._crashed(f"failed to restart: {err}")
         self._publish("running")
         self.notifier.status(self._summary())
         log.info("redis-server restarted (pid %d)", self.process.pid if self.process else 0)
@@ -271,6 +348,8 @@ class Supervisor:
             self.config = config_module.load(self.paths.root)
             if self.client is not None and self.process is not None:
                 wanted = self.override(self.config.persistence)
+                if wanted.appendonly:
+                    self.tracker.aof_on()
                 redis_server.apply_persistence(self.client, wanted, self.settings.start_timeout)
                 self.live = wanted
             log.info("reloaded %s", self.paths.config)
@@ -278,25 +357,80 @@ class Supervisor:
             log.error("reload failed, keeping the running settings: %s", err)
         self.notifier.ready(self._summary())
 
-    def _stop(self) -> int:
+    def _begin_stop(self) -> int | None:
+        """Ask Redis to save and exit; the loop waits for its answer or its exit."""
+        if self.process is None:
+            return self._stopped(None)
         self.notifier.stopping()
         self._publish("stopping")
-        outcome = "was not running"
+        try:
+            self.shutdown = ShutdownRequest(self.paths)
+        except (redis.RedisError, OSError, TinytownError) as err:
+            self._stop_refused(f"cannot ask redis-server to save and stop: {err}")
+            return None
+        self.selector.register(self.shutdown, selectors.EVENT_READ, "shutdown")
+        return None
+
+    def _on_shutdown_answer(self) -> None:
+        assert self.shutdown is not None
+        refusal = self.shutdown.refusal()
+        self._drop_shutdown()
+        if refusal is not None:  # else it is exiting: its exit ends the stop
+            self._stop_refused(redis_server.refused_to_stop(self.paths, refusal))
+
+    def _stop_refused(self, why: str) -> None:
+        log.error("not stopping: %s", why)
+        self.state.stop_failure, self.state.stop_failure_at = why, time.time()
+        self._publish("running")
+        self.notifier.ready(self._summary())
+
+    def _drop_shutdown(self) -> None:
+        if self.shutdown is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.shutdown)
+            self.shutdown.close()
+            self.shutdown = None
+
+    def _force_stop(self) -> int:
+        """``tinytownd stop --force``: the user accepted losing what Redis has not saved."""
+        self.notifier.stopping()
         if self.process is not None:
-            client = redis_server.connect(self.paths, self.settings.stop_timeout)
-            outcome = redis_server.shutdown(client, self.process, self.settings.stop_timeout)
-        log.info("redis-server %s", outcome)
+            log.warning("stop --force: killing redis-server (pid %d) unsaved", self.process.pid)
+            self.process.kill_group()
+            self.process.wait(5)
+            self.state.record_exit("killed by `tinytownd stop --force`", [])
+            self._unwatch()
+        self._drop_shutdown()
+        return self._stopped(None, how="killed unsaved by `stop --force`")
+
+    def _stopped(self, failure: str | None, how: str = "saved and stopped") -> int:
+        if failure:
+            log.error("%s", failure)
+        else:
+            log.info("redis-server %s", how)
+        durability.remove_leftovers(self.paths)
         self.state.redis_pid = None
-        self._publish("stopped")
-        return 0
+        self._publish("stopped", failure=failure)
+        return 1 if failure else 0
 
     # -- reporting -------------------------------------------------------------
 
     def _publish(self, state: str, failure: str | None = None) -> None:
         self.state.state = state
         self.state.failure = failure
-        if self.paths.state_dir.is_dir():
-            self.state.save(self.paths)
+        self._save_state()
+
+    def _save_state(self) -> None:
+        """Write state.json; a failure (a full disk, a read-only directory) is logged
+        and retried at the next health check, never the end of supervision."""
+        try:
+            if self.paths.state_dir.is_dir():
+                self.state.save(self.paths)
+            self.state_unsaved = False
+        except OSError as err:
+            if not self.state_unsaved:
+                log.error("cannot write %s (will retry): %s", self.paths.state_file, err)
+            self.state_unsaved = True
 
     def _summary(self) -> str:
         aof = f"AOF {self.live.appendfsync}" if self.live.appendonly else "AOF off"

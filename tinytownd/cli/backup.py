@@ -44,7 +44,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     source = Path(args.file).resolve()
     if not source.is_file():
         raise ConfigError(f"{source} is not a file")
-    incoming = backup.check_rdb(config, source)
+    incoming = backup.check_rdb(config, source).keys
     current = backup.current_keys(paths)
     replaces = (
         f"the running town's {current} keys"

@@ -94,7 +94,7 @@ def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Confi
             appendfsync=args.appendfsync or persistence.appendfsync,
         )
 
-    return Supervisor(paths, config, override).run()
+    return Supervisor(paths, config, override, _override_args(args)).run()
 
 
 @command("stop")
@@ -102,7 +102,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
     paths, config = project(args)
     if _remote(config, "stop"):
         return 0
-    print(f"town {config.name!r}: {control.stop(paths, config)}")
+    force = getattr(args, "force", False)
+    if force:
+        print(f"town {config.name!r}: stopping without saving: {control.unsaved(paths)}")
+    print(f"town {config.name!r}: {control.stop(paths, config, force=force)}")
     return 0
 
 
@@ -242,7 +245,12 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         )
         p.add_argument("--appendfsync", choices=APPENDFSYNC, help="AOF fsync policy for this run")
 
-    add("stop", "save and stop the town's Redis")
+    p = add("stop", "save and stop the town's Redis (it keeps running if it cannot save)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="kill Redis without saving; says first what that loses",
+    )
     p = add("status", "show the daemon, Redis and persistence state")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("logs", "show the daemon log (or Redis's)")
