@@ -19,6 +19,7 @@ from redis.client import NEVER_DECODE
 from . import ops
 from .channel import RETRYABLE
 from .models import Agent, Id, Message, Task, canonical_id
+from .peer import check_own
 from .town import TownCore, client_options, prepare
 
 
@@ -179,6 +180,23 @@ class Subscription:
         await self.close()
 
 
+class OwnSocketConnection(aioredis.UnixDomainSocketConnection):
+    """:class:`tinytownd.peer.OwnSocketConnection` for asyncio: refuses a server run by
+    another user before anything, a password included, is sent."""
+
+    async def _connect(self) -> None:
+        # The base class sends AUTH inside _connect, so the check has to come first.
+        async with asyncio.timeout(self.socket_connect_timeout):
+            reader, writer = await asyncio.open_unix_connection(path=self.path)
+        try:
+            check_own(writer.get_extra_info("socket"), self.path)
+        except BaseException:
+            writer.close()
+            raise
+        self._reader, self._writer = reader, writer
+        await self.on_connect()
+
+
 class Town(TownCore[aioredis.Redis, Channel]):
     """:class:`tinytownd.Town` for asyncio."""
 
@@ -186,7 +204,15 @@ class Town(TownCore[aioredis.Redis, Channel]):
     async def connect(cls, directory: str | Path = ".", *, start: bool = True) -> Town:
         config, paths = await asyncio.to_thread(prepare, directory, start)
         url, options = client_options(config, paths, aioredis.Redis)
-        client = aioredis.Redis.from_url(url, **options) if url else aioredis.Redis(**options)
+        if url:
+            client = aioredis.Redis.from_url(url, **options)
+        else:
+            pool = aioredis.ConnectionPool(
+                connection_class=OwnSocketConnection,
+                path=options.pop("unix_socket_path"),
+                **options,
+            )
+            client = aioredis.Redis.from_pool(pool)
         return cls(config, paths, client)
 
     def _channel(self, *, town_broadcast: bool, reliable: bool) -> Channel:

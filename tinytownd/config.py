@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -18,6 +19,7 @@ from typing import Any
 
 import tomli_w
 
+from . import trust
 from .errors import ConfigError
 from .keys import validate_town_name
 
@@ -31,8 +33,11 @@ def _choices(*allowed: str) -> dict[str, Any]:
     return {"choices": allowed}
 
 
-def _at_least(minimum: float) -> dict[str, Any]:
-    return {"min": minimum}
+def _between(minimum: float, maximum: float) -> dict[str, Any]:
+    return {"min": minimum, "max": maximum}
+
+
+DAY = 86400.0
 
 
 @dataclass(frozen=True)
@@ -53,14 +58,14 @@ class Persistence:
 
 @dataclass(frozen=True)
 class SupervisorSettings:
-    max_restarts: int = field(default=10, metadata=_at_least(1))
-    restart_window: float = field(default=60.0, metadata=_at_least(1))
-    backoff_max: float = field(default=5.0, metadata=_at_least(0))
-    health_interval: float = field(default=1.0, metadata=_at_least(0.05))
-    health_timeout: float = field(default=1.0, metadata=_at_least(0.05))
-    health_failures: int = field(default=3, metadata=_at_least(1))
-    start_timeout: float = field(default=30.0, metadata=_at_least(1))
-    stop_timeout: float = field(default=60.0, metadata=_at_least(1))
+    max_restarts: int = field(default=10, metadata=_between(1, 1_000_000))
+    restart_window: float = field(default=60.0, metadata=_between(1, DAY))
+    backoff_max: float = field(default=5.0, metadata=_between(0, 3600))
+    health_interval: float = field(default=1.0, metadata=_between(0.05, 3600))
+    health_timeout: float = field(default=1.0, metadata=_between(0.05, 3600))
+    health_failures: int = field(default=3, metadata=_between(1, 1000))
+    start_timeout: float = field(default=30.0, metadata=_between(1, DAY))
+    stop_timeout: float = field(default=60.0, metadata=_between(1, DAY))
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,8 @@ def _check_value(part: Any, name: str, value: Any, where: str) -> None:
     expected: type | tuple[type, ...] = _PYTHON_TYPES[str(spec.type)]
     if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
         raise ConfigError(f"{where}: expected {spec.type}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     meta = spec.metadata
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(meta["choices"])
@@ -220,6 +227,7 @@ def load(project_dir: Path) -> Config:
     path = project_dir / CONFIG_FILE
     default_name = project_dir.resolve().name
     try:
+        trust.check_file(path, "settings")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         text = ""

@@ -9,6 +9,7 @@ runtime directory that the daemon keeps up to date.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import trust
 from .errors import StartupError
 
 SOCKET_NAME = "redis.sock"
@@ -25,13 +27,41 @@ STATE_DIR = ".tt"
 MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
 
 
-def _runtime_root() -> Path:
+def _runtime_candidates() -> list[Path]:
     # $XDG_RUNTIME_DIR is per-user and short where a login session exists; /tmp
-    # always is short (macOS's per-user $TMPDIR too).
+    # always is short (macOS's per-user $TMPDIR too), but shared: another user may
+    # have taken our name there first, so there are fallbacks that every client
+    # walks in the same order.
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if not runtime or len(runtime) > 60 or not os.access(runtime, os.W_OK):
         runtime = tempfile.gettempdir()
-    return Path(runtime) / f"tinytownd-{os.geteuid()}"
+    base = f"tinytownd-{os.geteuid()}"
+    return [Path(runtime) / base] + [Path(runtime) / f"{base}.{n}" for n in range(1, 8)]
+
+
+def _ours(directory: Path) -> bool:
+    """A real directory, owned by us, that nobody else can write to."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return False
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and not stat.S_IMODE(info.st_mode) & 0o022
+    )
+
+
+def runtime_dir(create: bool = False) -> Path | None:
+    """The first candidate directory for short socket links that is ours; with
+    ``create``, made (0700) where free. None when every candidate is someone else's."""
+    for candidate in _runtime_candidates():
+        if create:
+            with contextlib.suppress(FileExistsError):
+                candidate.mkdir(mode=0o700)
+        if _ours(candidate):
+            return candidate
+    return None
 
 
 @dataclass(frozen=True)
@@ -92,7 +122,7 @@ class ProjectPaths:
     def socket_link(self) -> Path:
         """A short path that points at :attr:`socket`, for deep project directories."""
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
-        return _runtime_root() / f"{digest}.sock"
+        return (runtime_dir() or _runtime_candidates()[0]) / f"{digest}.sock"
 
     @property
     def needs_socket_link(self) -> bool:
@@ -117,8 +147,12 @@ class ProjectPaths:
             raise StartupError(
                 f"{self.state_dir} is not a plain directory (a symlink?); move it away and retry"
             )
-        if info.st_uid != os.geteuid():
-            raise StartupError(f"{self.state_dir} belongs to uid {info.st_uid}, not to you")
+        why = trust.problem(info)
+        if why:
+            raise StartupError(
+                f"{self.state_dir} {why}; it holds the town's data and password, so "
+                f"tinytownd refuses it: `chown` it to yourself and `chmod 700` it"
+            )
         if not os.access(self.state_dir, os.W_OK | os.X_OK):
             raise StartupError(f"cannot write to {self.state_dir}; fix its permissions")
         os.chmod(self.state_dir, 0o700)
@@ -149,11 +183,12 @@ class ProjectPaths:
         """Point the short runtime link at the socket (only needed for deep directories)."""
         if not self.needs_socket_link:
             return
+        if runtime_dir(create=True) is None:
+            raise StartupError(
+                f"every directory for short socket links ({_runtime_candidates()[0]}...) "
+                "belongs to someone else; set XDG_RUNTIME_DIR to a directory of yours"
+            )
         link = self.socket_link
-        link.parent.mkdir(mode=0o700, exist_ok=True)
-        info = os.lstat(link.parent)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-            raise StartupError(f"{link.parent} is not a directory of yours; remove it and retry")
         tmp = link.with_name(f"{link.name}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(self.socket)

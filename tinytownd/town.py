@@ -13,6 +13,7 @@ from . import control, redis_server
 from .channel import Channel
 from .config import Config
 from .paths import ProjectPaths
+from .peer import own_socket_client
 from .state import daemon_pid
 
 ClientT = TypeVar("ClientT")
@@ -82,7 +83,10 @@ class Town(TownCore[redis.Redis, Channel]):
         """
         config, paths = prepare(directory, start)
         url, options = client_options(config, paths, redis.Redis)
-        client = redis.Redis.from_url(url, **options) if url else redis.Redis(**options)
+        if url:
+            client = redis.Redis.from_url(url, **options)
+        else:  # only to a server run by this user: the kernel says who serves the socket
+            client = own_socket_client(options.pop("unix_socket_path"), **options)
         return cls(config, paths, client)
 
     def _channel(self, *, town_broadcast: bool, reliable: bool) -> Channel:
