@@ -55,6 +55,22 @@ def test_written_config_reads_back_identically(tmp: Path) -> None:
             "tinytown.toml:2: supervisor.max_restarts: must be at least 1",
         ),
         ('[persistence]\nsave = "60"', "tinytown.toml:2: persistence.save: expected pairs"),
+        (
+            "[supervisor]\nhealth_interval = nan",
+            "tinytown.toml:2: supervisor.health_interval: must be a finite number",
+        ),
+        (
+            "[supervisor]\nstop_timeout = inf",
+            "tinytown.toml:2: supervisor.stop_timeout: must be a finite number",
+        ),
+        (
+            "[supervisor]\nhealth_timeout = -1.0",
+            "tinytown.toml:2: supervisor.health_timeout: must be at least 0.05",
+        ),
+        (
+            "[supervisor]\nrestart_window = 1e12",
+            "tinytown.toml:2: supervisor.restart_window: must be at most 86400",
+        ),
         ("[persistence", "tinytown.toml: Expected ']'"),
         ("persistence = 3", "tinytown.toml:1: persistence: expected a [persistence] table"),
     ],

@@ -183,3 +183,12 @@ def test_fields_a_message_type_does_not_have_are_refused() -> None:
         InvalidMessageError, match="a ping message takes no fields, not description"
     ):
         Message.ping(A, B, description="x")
+
+
+def test_a_lone_surrogate_escape_is_not_a_message() -> None:
+    sender, receiver = str(uuid.uuid4()), str(uuid.uuid4())
+    text = Message.task(sender, receiver, "PLACEHOLDER").to_json()
+    with pytest.raises(InvalidMessageError, match="lone UTF-16 surrogate"):
+        Message.from_json(text.replace("PLACEHOLDER", "\\ud800"))
+    paired = Message.from_json(text.replace("PLACEHOLDER", "\\ud83d\\ude00"))  # a real pair
+    assert paired.to_json().encode()

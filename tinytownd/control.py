@@ -126,7 +126,7 @@ def stop(paths: ProjectPaths, config: Config, force: bool = False) -> str:
         os.kill(pid, signal.SIGUSR1 if force else signal.SIGTERM)
         # The daemon's lock goes when it exits; its pid may linger as a zombie when
         # nothing reaps orphans (containers), so the pid is the wrong thing to watch.
-        deadline = time.monotonic() + timeout + 5
+        deadline = time.monotonic() + timeout + 1
         while daemon_pid(paths) is not None:
             recorded = DaemonState.load(paths)
             if recorded.stop_failure and (recorded.stop_failure_at or 0) >= asked:

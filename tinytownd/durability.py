@@ -154,6 +154,11 @@ class AofTracker:
         self._off_at_saves = None
         self._write(AofRecord(on=True))
 
+    def aof_off(self) -> None:
+        """AOF is off and the snapshot holds everything: remember the manifest as it is."""
+        self._off_at_saves = None
+        self._write(AofRecord(on=False, manifest_when_off=manifest_text(self.paths)))
+
     def observe(self, info: dict[str, Any]) -> None:
         """Feed ``INFO persistence``. AOF is recorded off only once Redis reports it off
         and a snapshot that began after that has succeeded (one already running may
@@ -168,7 +173,7 @@ class AofTracker:
             if not info.get("rdb_bgsave_in_progress"):
                 self._off_at_saves = saves
         elif saves > self._off_at_saves and info.get("rdb_last_bgsave_status") == "ok":
-            self._write(AofRecord(on=False, manifest_when_off=manifest_text(self.paths)))
+            self.aof_off()
 
     @property
     def needs_snapshot_info(self) -> bool:

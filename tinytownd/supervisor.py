@@ -157,6 +157,10 @@ class Supervisor:
             redis_server.apply_persistence(client, wanted, self.settings.start_timeout)
         finally:
             client.close()
+        if not wanted.appendonly and not plan.load_aof:
+            # Redis loaded the snapshot, which no AOF on disk is newer than: any later
+            # change to the manifest means AOF was switched on behind our back.
+            self.tracker.aof_off()
         warnings = redis_log.load_warnings(redis_log.lines_since(self.paths, process.log_offset))
         if warnings:
             log.warning("redis-server loaded its data with losses: %s", "; ".join(warnings))

@@ -133,6 +133,16 @@ def load(text: str | bytes, what: str) -> dict[str, Any]:
         raise InvalidMessageError(f"{what} is not JSON text: {err}") from None
     if not isinstance(doc, dict):
         raise InvalidMessageError(f"{what} is JSON but not an object")
+    escaped = b"\\u" in text if isinstance(text, bytes) else "\\u" in text
+    if escaped:
+        # JSON lets "\ud800" stand alone; such a string is not text and could not be
+        # sent on. Checked only when an escape is present: not on the hot path.
+        try:
+            dumps(doc).encode()
+        except UnicodeEncodeError:
+            raise InvalidMessageError(
+                f"{what} holds a lone UTF-16 surrogate escape (\\ud800-\\udfff), not text"
+            ) from None
     return doc
 
 

@@ -18,6 +18,7 @@ from .. import control
 from ..config import APPENDFSYNC, Config
 from ..errors import ConfigError
 from ..paths import ProjectPaths
+from ..state import daemon_pid
 from .common import command, emit, project, whole_number
 
 
@@ -103,7 +104,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if _remote(config, "stop"):
         return 0
     force = getattr(args, "force", False)
-    if force:
+    if force and (daemon_pid(paths) is not None or paths.socket.exists()):
         print(f"town {config.name!r}: stopping without saving: {control.unsaved(paths)}")
     print(f"town {config.name!r}: {control.stop(paths, config, force=force)}")
     return 0
