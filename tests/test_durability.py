@@ -250,3 +250,16 @@ def test_save_when_redis_dies_mid_save_is_one_line(town: Path) -> None:
         killer.cancel()
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_stopping_an_adopted_redis_reports_a_clean_stop(town: Path) -> None:
+    client(town).set("kept", 1)
+    daemon = psutil.Process(status(town)["daemon_pid"])
+    daemon.kill()
+    psutil.wait_procs([daemon], timeout=5)
+    assert tinytownd("start", "--dir", str(town)).returncode == 0  # adopts it
+    stopped = tinytownd("stop", "--dir", str(town))
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped" in stopped.stdout
+    assert tinytownd("start", "--dir", str(town)).returncode == 0
+    assert client(town).get("kept") == b"1"

@@ -82,3 +82,8 @@ def save_failure(paths: ProjectPaths) -> str | None:
         if any(mark in line for mark in _SAVE_ERRORS) and "can't exit" not in line:
             return _message(line)
     return None
+
+
+def said_goodbye(paths: ProjectPaths) -> bool:
+    """Whether Redis's last words were those of a clean shutdown (its data saved)."""
+    return any("ready to exit, bye bye" in line for line in tail(paths, count=3))

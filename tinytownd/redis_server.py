@@ -236,8 +236,14 @@ class RedisProcess:
         keeps running; a hung or stopped one does not."""
         try:
             proc = psutil.Process(self.pid)
-            if proc.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
+            state = proc.status()
+            activity: tuple[float, ...] | None
+            if state in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE):
                 activity = None
+            elif state == psutil.STATUS_DISK_SLEEP:
+                # Waiting on the disk (the fsync at the end of a big SAVE can take seconds
+                # without a context switch): busy, not hung.
+                activity = (time.monotonic(),)
             else:
                 switches = proc.num_ctx_switches()
                 main = next((t for t in proc.threads() if t.id == self.pid), None)

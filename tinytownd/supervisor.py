@@ -292,7 +292,10 @@ class Supervisor:
             reason = f"stopped answering PING and making progress, killed ({reason})"
         # Its save or rewrite child must not outlive it and rename a file later.
         self.process.kill_group()
-        clean = self.process.popen is not None and self.process.popen.returncode == 0
+        popen = self.process.popen
+        # An adopted Redis is not our child: its exit status is its parent's to read,
+        # but a clean SHUTDOWN always ends its log with "ready to exit, bye bye".
+        clean = popen.returncode == 0 if popen is not None else redis_log.said_goodbye(self.paths)
         self._unwatch()
         self._drop_shutdown()
         if self.state.state == "stopping":
