@@ -9,10 +9,13 @@ so the windows these faults need are deterministic rather than a matter of speed
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -21,6 +24,8 @@ import redis
 from conftest import FAST_SUPERVISOR
 from support import client, project_dir, serving_pid, status, tinytownd, wait_until
 from test_disk_and_security import small_disk
+
+from tinytownd import Town, aio
 
 
 def crash(root: Path) -> int:
@@ -263,3 +268,51 @@ def test_stopping_an_adopted_redis_reports_a_clean_stop(town: Path) -> None:
     assert "stopped" in stopped.stdout
     assert tinytownd("start", "--dir", str(town)).returncode == 0
     assert client(town).get("kept") == b"1"
+
+
+@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
+def test_a_receive_never_outlives_its_timeout_on_a_stopped_redis(tmp: Path, flavour: str) -> None:
+    slow_checks = 'name = "frozen"\n[supervisor]\nhealth_interval = 30.0\n'
+    with project_dir(tmp, config=slow_checks) as root:
+        assert tinytownd("start", "--dir", str(root)).returncode == 0
+        runner = receive_sync if flavour == "sync" else receive_async
+        waited = runner(root, status(root)["redis_pid"])
+        assert waited < 1 + 1.5  # the timeout, the reply grace (0.5 s), slack for a busy CI
+
+
+def frozen(redis_pid: int) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def stopped() -> Iterator[None]:
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+
+    return stopped()
+
+
+AGENT = "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+
+
+def receive_sync(root: Path, redis_pid: int) -> float:
+    with Town.connect(root, start=False) as town:
+        channel = town.channel()
+        assert channel.try_receive(AGENT) is None  # an agent that has been connected a while
+        with frozen(redis_pid), pytest.raises(redis.TimeoutError):
+            began = time.monotonic()
+            channel.receive(AGENT, timeout=1)
+        return time.monotonic() - began
+
+
+def receive_async(root: Path, redis_pid: int) -> float:
+    async def run() -> float:
+        async with await aio.Town.connect(root, start=False) as town:
+            channel = town.channel()
+            assert await channel.try_receive(AGENT) is None
+            with frozen(redis_pid), pytest.raises(redis.TimeoutError):
+                began = time.monotonic()
+                await channel.receive(AGENT, timeout=1)
+            return time.monotonic() - began
+
+    return asyncio.run(run())

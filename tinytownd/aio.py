@@ -7,12 +7,14 @@ only the I/O calls differ.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
 
@@ -54,7 +56,15 @@ class Channel(ops.ChannelCore):
             await asyncio.sleep(step.seconds)
             return None
         if isinstance(step, ops.Pop):
-            return step.value((await self._send(step.commands()))[-1])
+            reply_by = step.reply_by()
+            if reply_by is None:
+                return step.value((await self._send(step.commands()))[-1])
+            left = max(0.0, reply_by - time.monotonic())
+            try:  # a cancelled command makes redis-py drop its connection
+                replies = await asyncio.wait_for(self._send(step.commands()), left)
+            except TimeoutError:
+                raise redis.TimeoutError("Redis did not answer by the receive's deadline") from None
+            return step.value(replies[-1])
         if isinstance(step, list):
             return await self._send(step)
         return await self.redis.execute_command(*step, **{NEVER_DECODE: True})

@@ -60,19 +60,41 @@ class Channel(ops.ChannelCore):
             time.sleep(step.seconds)
             return None
         if isinstance(step, ops.Pop):
-            return step.value((self._send(step.commands()))[-1])
+            return step.value(self._send(step.commands(), step.reply_by())[-1])
         if isinstance(step, list):
             return self._send(step)
         return self.redis.execute_command(*step, **{NEVER_DECODE: True})
 
-    def _send(self, commands: list[ops.Command]) -> list[Any]:
-        """Replies to ``commands``, sent in one round trip."""
+    def _send(self, commands: list[ops.Command], reply_by: float | None = None) -> list[Any]:
+        """Replies to ``commands``, sent in one round trip; past ``reply_by`` (monotonic)
+        without an answer, the connection is dropped and ``redis.TimeoutError`` raised."""
+        if reply_by is not None and isinstance(self.redis, redis.Redis):
+            return self._send_until(commands, reply_by)
         if len(commands) == 1:
             return [self.redis.execute_command(*commands[0], **{NEVER_DECODE: True})]
         pipe = self.redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command, **{NEVER_DECODE: True})
         return pipe.execute()
+
+    def _send_until(self, commands: list[ops.Command], reply_by: float) -> list[Any]:
+        # redis-py has no per-command read timeout, and the client's socket_timeout
+        # would cut every blocking pop short; so wait for each reply ourselves.
+        pool = self.redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            replies = []
+            for _ in commands:
+                if not connection.can_read(timeout=max(0.0, reply_by - time.monotonic())):
+                    raise redis.TimeoutError("Redis did not answer by the receive's deadline")
+                replies.append(connection.read_response(disable_decoding=True))
+            return replies
+        except BaseException:
+            connection.disconnect()  # a reply may still arrive: never reuse this one
+            raise
+        finally:
+            pool.release(connection)
 
     def run(self, op: ops.Op[ops.T]) -> ops.T:
         """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""

@@ -31,6 +31,10 @@ Command = tuple[Any, ...]
 
 #: Redis counts BLPOP timeouts in seconds with millisecond resolution.
 _MIN_BLOCK = 0.001
+#: How long past a blocking pop's deadline a driver waits for Redis's answer before
+#: taking the connection for dead: a stopped or wedged Redis never answers, and a
+#: receive must not hang on it.
+REPLY_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class Pop:
     def commands(self) -> list[Command]:
         """What to send, in one round trip; the reply to the last one is the pop's."""
         return [self.command()]
+
+    def reply_by(self) -> float | None:
+        """The monotonic time by which Redis must have answered (None: no limit)."""
+        return None if self.deadline is None else self.deadline + REPLY_GRACE
 
     def command(self) -> Command:
         if self.deadline is None:
