@@ -146,13 +146,14 @@ def test_a_stop_that_outlasts_stop_timeout_keeps_redis_and_loses_nothing(tmp: Pa
 def test_a_stop_on_a_full_disk_keeps_redis_running_until_it_can_save(tmp: Path) -> None:
     with (
         small_disk(tmp) as disk,
-        project_dir(disk, config=f'name = "full"\n{FAST_SUPERVISOR}') as root,
+        project_dir(disk, config=f'name = "full"\n{FAST_SUPERVISOR}stop_timeout = 2.0\n') as root,
     ):
         assert tinytownd("start", "--dir", str(root)).returncode == 0
         writer = client(root)
         fill(writer, 20_000)
         usage = os.statvfs(root)
-        (root / "filler").write_bytes(b"x" * (usage.f_bavail * usage.f_frsize - 4096))
+        # Full to the last block: the daemon cannot even write state.json to say why.
+        (root / "filler").write_bytes(b"x" * (usage.f_bavail * usage.f_frsize))
         result = tinytownd("stop", "--dir", str(root))
         assert result.returncode == 1, result.stdout
         assert "could not save" in result.stderr and len(result.stderr.splitlines()) == 1
@@ -316,3 +317,28 @@ def receive_async(root: Path, redis_pid: int) -> float:
             return time.monotonic() - began
 
     return asyncio.run(run())
+
+
+def test_a_crash_on_a_full_disk_is_restarted_and_reported_later(tmp: Path) -> None:
+    with (
+        small_disk(tmp) as disk,
+        project_dir(disk, config=f'name = "full"\n{FAST_SUPERVISOR}') as root,
+    ):
+        assert tinytownd("start", "--dir", str(root)).returncode == 0
+        client(root).set("before", 1)
+        client(root).save()
+        daemon = psutil.Process(status(root)["daemon_pid"])
+        usage = os.statvfs(root)
+        (root / "filler").write_bytes(b"x" * (usage.f_bavail * usage.f_frsize))
+        crash(root)  # state.json cannot be written now
+        assert daemon.is_running()
+        assert client(root).get("before") == b"1"
+        (root / "filler").unlink()
+        wait_until(lambda: status(root)["restarts"] == 1, what="state.json caught up")
+
+
+def test_a_client_pause_longer_than_the_hang_bound_is_not_a_hang(town: Path) -> None:
+    redis_pid = status(town)["redis_pid"]
+    client(town).execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    time.sleep(3.2)
+    assert serving_pid(town) == redis_pid and status(town)["restarts"] == 0

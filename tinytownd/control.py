@@ -132,12 +132,7 @@ def stop(paths: ProjectPaths, config: Config, force: bool = False) -> str:
             if recorded.stop_failure and (recorded.stop_failure_at or 0) >= asked:
                 raise StopError(recorded.stop_failure)
             if time.monotonic() > deadline:
-                raise StopError(
-                    f"redis-server is still saving after {timeout:g}s and keeps running, so "
-                    "nothing is lost; the daemon stops it once the save is done (see "
-                    "`tinytownd status`). `tinytownd stop --force` kills it now and loses "
-                    "the unsaved writes"
-                )
+                raise StopError(_not_stopped(paths, timeout))
             time.sleep(0.01)
         _confirm_stopped(paths)
         recorded = DaemonState.load(paths)
@@ -157,6 +152,26 @@ def stop(paths: ProjectPaths, config: Config, force: bool = False) -> str:
     finally:
         process.close()
     return f"unsupervised redis-server (pid {redis_pid}) saved and stopped"
+
+
+def _not_stopped(paths: ProjectPaths, timeout: float) -> str:
+    """Why Redis is still up after ``timeout``, when the daemon could not tell us
+    (its state file unwritable: a read-only or full disk)."""
+    client = redis_server.connect(paths, timeout=0.5)
+    try:
+        client.ping()
+        answers = True  # a Redis still in SHUTDOWN SAVE answers nothing
+    except (redis.RedisError, OSError):
+        answers = False
+    finally:
+        client.close()
+    if answers:
+        return redis_server.refused_to_stop(paths, "it answers but did not stop")
+    return (
+        f"redis-server is still saving after {timeout:g}s and keeps running, so nothing "
+        "is lost; the daemon stops it once the save is done (see `tinytownd status`). "
+        "`tinytownd stop --force` kills it now and loses the unsaved writes"
+    )
 
 
 def _confirm_stopped(paths: ProjectPaths) -> None:
