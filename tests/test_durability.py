@@ -159,6 +159,10 @@ def test_a_stop_on_a_full_disk_keeps_redis_running_until_it_can_save(tmp: Path) 
         assert "could not save" in result.stderr and len(result.stderr.splitlines()) == 1
         assert writer.dbsize() == 20_000  # still serving, everything still there
         assert status(root)["state"] == "running"
+        (root / "filler").write_bytes(b"x" * (usage.f_bavail * usage.f_frsize - 65536))
+        wait_until(lambda: status(root)["stop_failure"], what="the refusal on record")
+        shown = tinytownd("status", "--dir", str(root)).stdout
+        assert "last stop" in shown and "refused: redis-server could not save" in shown
         (root / "filler").unlink()
         assert tinytownd("stop", "--dir", str(root)).returncode == 0
         assert tinytownd("start", "--dir", str(root)).returncode == 0

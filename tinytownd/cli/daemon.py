@@ -173,6 +173,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows.append(("last exit", report["last_exit"]))
     if report["failure"]:
         rows.append(("failure", report["failure"]))
+    if report["stop_failure"] and report["state"] == "running":
+        rows.append(("last stop", f"refused: {report['stop_failure']}"))
     text = "\n".join(f"{key:<11} {value}" for key, value in rows)
     if report["log_tail"] and (report["failure"] or report["last_exit"]):
         text += "\nredis log:\n" + "\n".join(f"  {line}" for line in report["log_tail"])
