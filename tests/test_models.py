@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tinytownd import Agent, InvalidMessageError, Message, Priority, Task, TaskState
 from tinytownd.models import MESSAGE_TYPES
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "upstream-fixtures.tsv"
+FIXTURES = Path(__file__).with_name("data") / "upstream-fixtures.tsv"
 KINDS = {"message": Message, "agent": Agent, "task": Task}
 A, B = str(uuid.uuid4()), str(uuid.uuid4())
 

@@ -33,10 +33,11 @@ class Channel(ops.ChannelCore):
         client: aioredis.Redis,
         town: str,
         *,
-        town_broadcast: bool = False,
+        town_broadcast: bool = True,
         reliable: bool = False,
+        state: str = "hash",
     ) -> None:
-        super().__init__(town, town_broadcast, reliable)
+        super().__init__(town, town_broadcast, reliable, state)
         self.redis = client
 
     async def _execute(self, step: ops.Step) -> Any:
@@ -114,8 +115,18 @@ class Channel(ops.ChannelCore):
     async def inbox_len(self, agent_id: Id) -> int:
         return await self.run(ops.inbox_len(self.keys, agent_id))
 
-    async def peek(self, agent_id: Id, count: int = 10, *, dead: bool = False) -> list[bytes]:
-        return await self.run(ops.peek(self.keys, agent_id, count, dead))
+    async def send_urgent(self, message: Message) -> None:
+        """Queue ``message`` on the recipient's urgent list, which every receive (ours and
+        tinytown's) takes before the inbox, newest first: ``tt send --urgent``."""
+        await self.run(ops.send_urgent(self.keys, message))
+
+    async def urgent_len(self, agent_id: Id) -> int:
+        return await self.run(ops.urgent_len(self.keys, agent_id))
+
+    async def peek(
+        self, agent_id: Id, count: int = 10, *, dead: bool = False, urgent: bool = False
+    ) -> list[bytes]:
+        return await self.run(ops.peek(self.keys, agent_id, count, dead, urgent))
 
     async def broadcast(self, message: Message) -> int:
         return await self.run(ops.broadcast(self.keys, message))
@@ -126,21 +137,35 @@ class Channel(ops.ChannelCore):
         return subscription
 
     async def set_agent_state(self, agent: Agent) -> None:
-        await self.run(ops.set_state(self.keys.agent(agent.id), agent))
+        await self.run(ops.set_state(self.keys.agent(agent.id), agent, self.state_form))
 
     async def get_agent_state(self, agent_id: Id) -> Agent | None:
-        return await self.run(ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent))
+        return await self.run(
+            ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent, self.state_form)
+        )
 
     async def set_task(self, task: Task) -> None:
-        await self.run(ops.set_state(self.keys.task(task.id), task))
+        await self.run(ops.set_state(self.keys.task(task.id), task, self.state_form))
 
     async def get_task(self, task_id: Id) -> Task | None:
-        return await self.run(ops.get_state(self.keys.task(canonical_id(task_id)), Task))
+        return await self.run(
+            ops.get_state(self.keys.task(canonical_id(task_id)), Task, self.state_form)
+        )
 
     async def agents(self) -> list[Agent]:
-        return await self.run(ops.all_states(self.keys, Agent))
+        """Every agent of the town (hash or JSON form); unreadable ones are logged."""
+        return self.report(await self.agents_listing())
 
     async def tasks(self) -> list[Task]:
+        """Every task of the town (hash or JSON form); unreadable ones are logged."""
+        return self.report(await self.tasks_listing())
+
+    async def agents_listing(self) -> ops.Listing[Agent]:
+        """Every readable agent, and a line for each key that is not one."""
+        return await self.run(ops.all_states(self.keys, Agent))
+
+    async def tasks_listing(self) -> ops.Listing[Task]:
+        """Every readable task, and a line for each key that is not one."""
         return await self.run(ops.all_states(self.keys, Task))
 
 
@@ -225,8 +250,10 @@ class Town(TownCore[aioredis.Redis, Channel]):
             client = aioredis.Redis.from_pool(pool)
         return cls(config, paths, client)
 
-    def _channel(self, *, town_broadcast: bool, reliable: bool) -> Channel:
-        return Channel(self.redis, self.name, town_broadcast=town_broadcast, reliable=reliable)
+    def _channel(self, *, town_broadcast: bool, reliable: bool, state: str) -> Channel:
+        return Channel(
+            self.redis, self.name, town_broadcast=town_broadcast, reliable=reliable, state=state
+        )
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from . import control, redis_server
+from . import control, hashform, redis_server
 from .channel import Channel
 from .config import Config, load
 from .models import Agent, Message, Task
@@ -122,29 +122,29 @@ def channel_rows(channel: Channel, n: int, progress: Progress, label: str = "") 
         (
             "agent state set",
             lambda: channel.set_agent_state(worker),
-            "SET",
-            lambda: r.set(f"{channel.keys.agent(worker.id)}:floor", worker.to_json().encode()),
+            "MULTI HSET",
+            _raw_hash_write(r, f"{channel.keys.agent(worker.id)}:floor", worker),
             lambda: None,
         ),
         (
             "agent state get",
             lambda: channel.get_agent_state(worker.id),
-            "GET",
-            lambda: r.get(f"{channel.keys.agent(worker.id)}:floor"),
+            "HGETALL",
+            lambda: r.hgetall(f"{channel.keys.agent(worker.id)}:floor"),
             lambda: None,
         ),
         (
             "task state set",
             lambda: channel.set_task(task),
-            "SET",
-            lambda: r.set(f"{channel.keys.task(task.id)}:floor", task.to_json().encode()),
+            "MULTI HSET",
+            _raw_hash_write(r, f"{channel.keys.task(task.id)}:floor", task),
             lambda: None,
         ),
         (
             "task state get",
             lambda: channel.get_task(task.id),
-            "GET",
-            lambda: r.get(f"{channel.keys.task(task.id)}:floor"),
+            "HGETALL",
+            lambda: r.hgetall(f"{channel.keys.task(task.id)}:floor"),
             lambda: None,
         ),
     ]
@@ -165,6 +165,22 @@ def channel_rows(channel: Channel, n: int, progress: Progress, label: str = "") 
             f"{channel.keys.task(task.id)}:floor",
         )
     return rows
+
+
+def _raw_hash_write(r: redis.Redis, key: str, document: Agent | Task) -> Callable[[], object]:
+    """The same Redis work as a hash-form state write, with the fields encoded once
+    beforehand: what raw redis-py would send for it."""
+    values, absent = hashform.fields_of(document)
+    fields = [part for pair in values.items() for part in pair]
+
+    def write() -> object:
+        pipe = r.pipeline(transaction=True)
+        if absent:
+            pipe.execute_command("HDEL", key, *absent)
+        pipe.execute_command("HSET", key, *fields)
+        return pipe.execute()
+
+    return write
 
 
 def _fill(r: redis.Redis, inbox: str, floor_list: str, payload: bytes, n: int) -> None:

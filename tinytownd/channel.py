@@ -37,10 +37,11 @@ class Channel(ops.ChannelCore):
         client: redis.Redis,
         town: str,
         *,
-        town_broadcast: bool = False,
+        town_broadcast: bool = True,
         reliable: bool = False,
+        state: str = "hash",
     ) -> None:
-        super().__init__(town, town_broadcast, reliable)
+        super().__init__(town, town_broadcast, reliable, state)
         self.redis = client
 
     def _execute(self, step: ops.Step) -> Any:
@@ -126,9 +127,20 @@ class Channel(ops.ChannelCore):
     def inbox_len(self, agent_id: Id) -> int:
         return self.run(ops.inbox_len(self.keys, agent_id))
 
-    def peek(self, agent_id: Id, count: int = 10, *, dead: bool = False) -> list[bytes]:
-        """Raw payloads at the head of the inbox (or dead-letter list), left in place."""
-        return self.run(ops.peek(self.keys, agent_id, count, dead))
+    def send_urgent(self, message: Message) -> None:
+        """Queue ``message`` on the recipient's urgent list, which every receive (ours and
+        tinytown's) takes before the inbox, newest first: ``tt send --urgent``."""
+        self.run(ops.send_urgent(self.keys, message))
+
+    def urgent_len(self, agent_id: Id) -> int:
+        return self.run(ops.urgent_len(self.keys, agent_id))
+
+    def peek(
+        self, agent_id: Id, count: int = 10, *, dead: bool = False, urgent: bool = False
+    ) -> list[bytes]:
+        """Raw payloads at the head of the inbox (or dead-letter or urgent list), left
+        in place."""
+        return self.run(ops.peek(self.keys, agent_id, count, dead, urgent))
 
     def broadcast(self, message: Message) -> int:
         """Publish to every subscriber; returns how many received it."""
@@ -139,21 +151,33 @@ class Channel(ops.ChannelCore):
         return Subscription(self.redis, self.keys.broadcast)
 
     def set_agent_state(self, agent: Agent) -> None:
-        self.run(ops.set_state(self.keys.agent(agent.id), agent))
+        self.run(ops.set_state(self.keys.agent(agent.id), agent, self.state_form))
 
     def get_agent_state(self, agent_id: Id) -> Agent | None:
-        return self.run(ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent))
+        return self.run(
+            ops.get_state(self.keys.agent(canonical_id(agent_id)), Agent, self.state_form)
+        )
 
     def set_task(self, task: Task) -> None:
-        self.run(ops.set_state(self.keys.task(task.id), task))
+        self.run(ops.set_state(self.keys.task(task.id), task, self.state_form))
 
     def get_task(self, task_id: Id) -> Task | None:
-        return self.run(ops.get_state(self.keys.task(canonical_id(task_id)), Task))
+        return self.run(ops.get_state(self.keys.task(canonical_id(task_id)), Task, self.state_form))
 
     def agents(self) -> list[Agent]:
-        return self.run(ops.all_states(self.keys, Agent))
+        """Every agent of the town (hash or JSON form); unreadable ones are logged."""
+        return self.report(self.agents_listing())
 
     def tasks(self) -> list[Task]:
+        """Every task of the town (hash or JSON form); unreadable ones are logged."""
+        return self.report(self.tasks_listing())
+
+    def agents_listing(self) -> ops.Listing[Agent]:
+        """Every readable agent, and a line for each key that is not one."""
+        return self.run(ops.all_states(self.keys, Agent))
+
+    def tasks_listing(self) -> ops.Listing[Task]:
+        """Every readable task, and a line for each key that is not one."""
         return self.run(ops.all_states(self.keys, Task))
 
 

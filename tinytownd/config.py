@@ -26,6 +26,7 @@ from .keys import validate_town_name
 CONFIG_FILE = "tinytown.toml"
 APPENDFSYNC = ("always", "everysec", "no")
 BROADCAST_SCOPES = ("global", "town")
+STATE_FORMS = ("hash", "json")
 REDIS_DEFAULT_SAVE = "3600 1 300 100 60 10000"
 
 
@@ -70,7 +71,12 @@ class SupervisorSettings:
 
 @dataclass(frozen=True)
 class ChannelSettings:
-    broadcast: str = field(default="global", metadata=_choices(*BROADCAST_SCOPES))
+    # "town": tt:<town>:broadcast, where tinytown 0.10 publishes; "global": tt:broadcast,
+    # the channel its documentation names.
+    broadcast: str = field(default="town", metadata=_choices(*BROADCAST_SCOPES))
+    # "hash": agent and task state as tinytown 0.10 stores it; "json": the documented
+    # String layout. Reads take both.
+    state: str = field(default="hash", metadata=_choices(*STATE_FORMS))
 
 
 @dataclass(frozen=True)

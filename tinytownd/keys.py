@@ -3,12 +3,13 @@
 Schema (``<town>`` is a validated town name, ``<id>`` an agent or task UUID)::
 
     tt:<town>:inbox:<id>     list    agent inbox; LPUSH urgent/high, RPUSH normal/low
+    tt:<town>:urgent:<id>    list    urgent sends (LPUSH), taken before the inbox
     tt:<town>:dead:<id>      list    inbox payloads that were not valid messages
     tt:<town>:processing:<id> list   taken by a reliable receiver, not yet acknowledged
-    tt:<town>:agent:<id>     string  agent state (JSON)
-    tt:<town>:task:<id>      string  task state (JSON)
-    tt:broadcast             pub/sub broadcast channel (the default, as upstream)
-    tt:<town>:broadcast      pub/sub town-scoped broadcast channel (opt-in)
+    tt:<town>:agent:<id>     hash    agent state (or a JSON string: the documented form)
+    tt:<town>:task:<id>      hash    task state (or a JSON string)
+    tt:<town>:broadcast      pub/sub broadcast channel (the default, where tinytown 0.10 publishes)
+    tt:broadcast             pub/sub the documented broadcast channel (opt-in)
 
 Keys written by tinytown before 0.9 had no town segment (``tt:agent:<id>``,
 ``tt:inbox:<id>``, ..., ``tt:backlog``); :func:`legacy_target` maps them to
@@ -54,6 +55,9 @@ class TownKeys:
 
     def inbox(self, agent_id: str) -> str:
         return f"{self._base}inbox:{agent_id}"
+
+    def urgent(self, agent_id: str) -> str:
+        return f"{self._base}urgent:{agent_id}"
 
     def dead(self, agent_id: str) -> str:
         return f"{self._base}dead:{agent_id}"

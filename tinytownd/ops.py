@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import hashform
 from .errors import InvalidMessageError, StateError
 from .keys import TownKeys
 from .models import Agent, Id, Message, Task, canonical_id
@@ -48,6 +50,8 @@ class Pop:
 
     key: str
     deadline: float | None
+    #: A list taken before ``key`` (the agent's urgent list), in the same command.
+    urgent: str | None = None
 
     def commands(self) -> list[Command]:
         """What to send, in one round trip; the reply to the last one is the pop's."""
@@ -58,15 +62,22 @@ class Pop:
         return None if self.deadline is None else self.deadline + REPLY_GRACE
 
     def command(self) -> Command:
+        keys = (self.key,) if self.urgent is None else (self.urgent, self.key)
         if self.deadline is None:
-            return ("BLPOP", self.key, 0)
+            return ("BLPOP", *keys, 0)
         left = self.deadline - time.monotonic()
-        return ("LPOP", self.key) if left < _MIN_BLOCK else ("BLPOP", self.key, f"{left:.3f}")
+        if left >= _MIN_BLOCK:
+            return ("BLPOP", *keys, f"{left:.3f}")
+        return ("LPOP", self.key) if len(keys) == 1 else ("LMPOP", len(keys), *keys, "LEFT")
 
     @staticmethod
     def value(reply: Any) -> Any:
-        """The popped payload from a BLPOP (key, value) or LPOP (value) reply."""
-        return reply[1] if isinstance(reply, list | tuple) else reply
+        """The popped payload from a BLPOP (key, value), LMPOP (key, [value]) or LPOP
+        (value) reply."""
+        if not isinstance(reply, list | tuple):
+            return reply
+        taken = reply[1]
+        return taken[0] if isinstance(taken, list | tuple) else taken
 
 
 @dataclass(frozen=True)
@@ -183,7 +194,8 @@ def receive(keys: TownKeys, agent_id: Id, timeout: float | timedelta | None) -> 
     wait = seconds(timeout)
     deadline = None if wait is None else time.monotonic() + wait
     while True:
-        raw = yield Pop(inbox, deadline)
+        # Urgent first, as tinytown's agents do, in the same blocking call.
+        raw = yield Pop(inbox, deadline, keys.urgent(agent))
         if raw is None:
             return None
         message = decode_message(raw, inbox, "moved to " + keys.dead(agent))
@@ -206,10 +218,19 @@ class ChannelCore:
     """What both Channel flavours hold: the town's keys and, for reliable receivers,
     what each agent was handed and has not acknowledged yet."""
 
-    def __init__(self, town: str, town_broadcast: bool, reliable: bool) -> None:
+    def __init__(self, town: str, town_broadcast: bool, reliable: bool, state: str) -> None:
+        if state not in STATE_FORMS:
+            raise ValueError(f"state must be one of {', '.join(STATE_FORMS)}, not {state!r}")
         self.keys = TownKeys(town, town_broadcast)
         self.reliable = reliable
+        self.state_form = state
         self._inflight: dict[str, Inflight] = {}
+
+    def report(self, listing: Listing[S]) -> list[S]:
+        """The listing's items; its problems go to the log."""
+        for problem in listing.problems:
+            log.warning("skipped %s", problem)
+        return listing.items
 
     def held(self, agent_id: Id) -> Inflight | None:
         """The agent's reliable-receive state (None for plain receivers)."""
@@ -240,9 +261,14 @@ def receive_reliable(
             inflight.checked = True
         if raw is None:
             try:
-                # The acknowledgement of the previous message rides in the same round trip.
-                raw = yield Move(inbox, deadline, processing, inflight.payload)
+                # Urgent first; the acknowledgement of the previous message rides along.
+                now_only = time.monotonic()  # a deadline already here: LMOVE, no waiting
+                raw = yield Move(
+                    keys.urgent(agent), now_only, target=processing, ack=inflight.payload
+                )
                 inflight.payload = None
+                if raw is None:
+                    raw = yield Move(inbox, deadline, target=processing)
             except (RedisConnectionError, RedisTimeoutError):
                 delay = backoff(attempt, deadline)
                 if delay is None:
@@ -278,15 +304,34 @@ def acknowledge(keys: TownKeys, agent_id: Id, inflight: Inflight) -> Op[None]:
         inflight.payload = None
 
 
+def send_urgent(keys: TownKeys, message: Message) -> Op[None]:
+    """LPUSH onto the recipient's urgent list, as ``tt send --urgent`` does: its agents
+    take that list before the inbox (newest first), whatever the message's priority."""
+    yield ("LPUSH", keys.urgent(message.to), message.to_json())
+
+
+def urgent_len(keys: TownKeys, agent_id: Id) -> Op[int]:
+    length: int = yield ("LLEN", keys.urgent(canonical_id(agent_id, "agent id")))
+    return length
+
+
+def list_len(key: str) -> Op[int]:
+    length: int = yield ("LLEN", key)
+    return length
+
+
 def inbox_len(keys: TownKeys, agent_id: Id) -> Op[int]:
     length: int = yield ("LLEN", keys.inbox(canonical_id(agent_id, "agent id")))
     return length
 
 
-def peek(keys: TownKeys, agent_id: Id, count: int, dead: bool = False) -> Op[list[bytes]]:
-    """The first ``count`` raw payloads of an inbox (or its dead-letter list), not removed."""
+def peek(
+    keys: TownKeys, agent_id: Id, count: int, dead: bool = False, urgent: bool = False
+) -> Op[list[bytes]]:
+    """The first ``count`` raw payloads of an inbox (or its dead-letter or urgent list),
+    not removed."""
     agent = canonical_id(agent_id, "agent id")
-    key = keys.dead(agent) if dead else keys.inbox(agent)
+    key = keys.dead(agent) if dead else keys.urgent(agent) if urgent else keys.inbox(agent)
     items: list[bytes] = yield ("LRANGE", key, 0, count - 1)
     return items
 
@@ -329,20 +374,58 @@ class BroadcastWait:
         return self.deadline is not None and time.monotonic() >= self.deadline, None
 
 
-def set_state(key: str, document: Agent | Task) -> Op[None]:
-    yield ("SET", key, document.to_json())
+#: How agent and task state is stored: ``hash`` as tinytown 0.10 does, or ``json``,
+#: the documented String layout. Reads accept both whatever the setting.
+STATE_FORMS = ("hash", "json")
 
 
-def get_state(key: str, kind: type[S]) -> Op[S | None]:
-    raw = yield ("GET", key)
-    return None if raw is None else decode_state(key, raw, kind)
+def set_state(key: str, document: Agent | Task, form: str = "hash") -> Op[None]:
+    """Store one agent or task; a reader never sees half an update (MULTI/EXEC)."""
+    if form == "json":
+        yield ("SET", key, document.to_json())
+        return
+    values, absent = hashform.fields_of(document)
+    fields = [part for pair in values.items() for part in pair]
+    hdel = [("HDEL", key, *absent)] if absent else []
+    # As upstream: drop the optional fields that are null, set the rest; fields a
+    # newer peer added stay. A key still in the JSON form is replaced whole.
+    replies = yield [("MULTI",), *hdel, ("HSET", key, *fields), ("EXEC",)]
+    if any(isinstance(reply, Exception) for reply in replies[-1] or ()):
+        yield [("MULTI",), ("DEL", key), ("HSET", key, *fields), ("EXEC",)]
 
 
-def decode_state(key: str, raw: bytes, kind: type[S]) -> S:
+def get_state(key: str, kind: type[S], form: str = "hash") -> Op[S | None]:
+    """One agent or task, whichever form its key holds; None when there is none."""
+    first, second = ("HGETALL", "GET") if form == "hash" else ("GET", "HGETALL")
     try:
+        raw = yield (first, key)
+    except RedisResponseError as err:
+        if not str(err).startswith("WRONGTYPE"):
+            raise
+        try:
+            raw = yield (second, key)
+        except RedisResponseError as again:
+            if not str(again).startswith("WRONGTYPE"):
+                raise
+            kind_of = yield ("TYPE", key)
+            raise StateError(
+                f"{key} is a Redis {_text(kind_of)}, not an agent or task (hash or JSON string)"
+            ) from None
+    return None if not raw else decode_state(key, raw, kind)
+
+
+def decode_state(key: str, raw: bytes | dict[bytes, bytes], kind: type[S]) -> S:
+    try:
+        if isinstance(raw, dict):
+            document: S = hashform.document_of(raw, kind)
+            return document
         return kind.from_json(raw)
-    except InvalidMessageError as err:
+    except (InvalidMessageError, UnicodeDecodeError) as err:
         raise StateError(f"{key} does not hold a valid {kind.__name__.lower()}: {err}") from None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def scan(pattern: str, count: int = 1000) -> Op[list[bytes]]:
@@ -356,17 +439,41 @@ def scan(pattern: str, count: int = 1000) -> Op[list[bytes]]:
             return found
 
 
-def all_states(keys: TownKeys, kind: type[S]) -> Op[list[S]]:
-    """Every agent (or task) of the town, skipping keys that vanish meanwhile."""
+@dataclass(frozen=True)
+class Listing(Generic[S]):
+    """Every agent (or task) that could be read, and one line per key that could not."""
+
+    items: list[S]
+    problems: list[str]
+
+
+_READ_BY_TYPE = {b"hash": "HGETALL", b"string": "GET", "hash": "HGETALL", "string": "GET"}
+
+
+def all_states(keys: TownKeys, kind: type[S]) -> Op[Listing[S]]:
+    """Every agent (or task) of the town, hash and JSON string alike; keys that vanish
+    meanwhile are skipped, and a bad one is reported without hiding the others."""
     names: list[bytes] = yield from scan(keys.pattern(kind.__name__.lower()))
     if not names:
-        return []
-    values = yield ("MGET", *names)
-    return [
-        decode_state(name.decode(), raw, kind)
-        for name, raw in zip(names, values, strict=True)
-        if raw is not None
+        return Listing([], [])
+    types = yield [("TYPE", name) for name in names]
+    reads = [(name, _READ_BY_TYPE.get(found)) for name, found in zip(names, types, strict=True)]
+    problems = [
+        f"{name.decode()}: a Redis {_text(found)}, not an agent or task"
+        for (name, command), found in zip(reads, types, strict=True)
+        if command is None and _text(found) != "none"
     ]
+    readable = [(name, command) for name, command in reads if command is not None]
+    values = (yield [(command, name) for name, command in readable]) if readable else []
+    items: list[S] = []
+    for (name, _), raw in zip(readable, values, strict=True):
+        if not raw:
+            continue  # deleted between SCAN and the read
+        try:
+            items.append(decode_state(name.decode(), raw, kind))
+        except StateError as err:
+            problems.append(str(err))
+    return Listing(items, problems)
 
 
 def run_sync(op: Op[T], execute: Callable[[Step], Any]) -> T:

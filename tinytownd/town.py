@@ -65,9 +65,11 @@ class TownCore(Generic[ClientT, ChannelT]):
     def channel(self, *, reliable: bool = False) -> ChannelT:
         """A channel bound to this town; ``reliable=True``: at-least-once receives."""
         town_broadcast = self.config.channel.broadcast == "town"
-        return self._channel(town_broadcast=town_broadcast, reliable=reliable)
+        return self._channel(
+            town_broadcast=town_broadcast, reliable=reliable, state=self.config.channel.state
+        )
 
-    def _channel(self, *, town_broadcast: bool, reliable: bool) -> ChannelT:
+    def _channel(self, *, town_broadcast: bool, reliable: bool, state: str) -> ChannelT:
         raise NotImplementedError
 
 
@@ -89,8 +91,10 @@ class Town(TownCore[redis.Redis, Channel]):
             client = own_socket_client(options.pop("unix_socket_path"), **options)
         return cls(config, paths, client)
 
-    def _channel(self, *, town_broadcast: bool, reliable: bool) -> Channel:
-        return Channel(self.redis, self.name, town_broadcast=town_broadcast, reliable=reliable)
+    def _channel(self, *, town_broadcast: bool, reliable: bool, state: str) -> Channel:
+        return Channel(
+            self.redis, self.name, town_broadcast=town_broadcast, reliable=reliable, state=state
+        )
 
     def close(self) -> None:
         self.redis.close()

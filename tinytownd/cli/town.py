@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from .. import migrate as migrate_module
+from .. import ops
 from ..channel import Channel
 from ..errors import ConfigError, InvalidMessageError, NotRunningError
 from ..models import MESSAGE_TYPES, Message, Priority, canonical_id
@@ -92,8 +93,9 @@ def describe(message: Message) -> str:
 def cmd_send(args: argparse.Namespace) -> int:
     message = _message(args, args.to)
     with _channel(args) as channel:
-        channel.send(message)
-    emit(args, message.to_dict(), f"sent {message.type} {message.id} to {message.to}")
+        (channel.send_urgent if args.urgent else channel.send)(message)
+    where = "the urgent list of " if args.urgent else ""
+    emit(args, message.to_dict(), f"sent {message.type} {message.id} to {where}{message.to}")
     return 0
 
 
@@ -123,18 +125,30 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 @command("inbox")
 def cmd_inbox(args: argparse.Namespace) -> int:
+    lists = (
+        [("dead", True, False)] if args.dead else [("urgent", False, True), ("inbox", False, False)]
+    )
+    shown: dict[str, Any] = {}
+    lines: list[str] = []
     with _channel(args) as channel:
-        key = channel.keys.dead(args.agent) if args.dead else channel.keys.inbox(args.agent)
-        length = channel.redis.llen(key)
-        raw = channel.peek(args.agent, args.peek, dead=args.dead)
-    rows: list[Any] = []
-    lines = [f"{key}: {length} message(s)"]
-    for item in raw:
-        message = None if args.dead else _parse(item)
-        text = item.decode("utf-8", "backslashreplace")
-        rows.append(message.to_dict() if message else text)
-        lines.append(f"  {describe(message)}" if message else f"  {text[:200]}")
-    emit(args, {"key": key, "length": length, "messages": rows}, "\n".join(lines))
+        for name, dead, urgent in lists:
+            key = getattr(channel.keys, name)(args.agent)
+            length = channel.run(ops.list_len(key))
+            raw = channel.peek(args.agent, args.peek, dead=dead, urgent=urgent)
+            rows: list[Any] = []
+            if urgent and not length:
+                shown[name] = {"key": key, "length": 0, "messages": rows}
+                continue  # an empty urgent list is the usual case: not worth a line
+            lines.append(f"{key}: {length} message(s)")
+            for item in raw:
+                message = None if dead else _parse(item)
+                text = item.decode("utf-8", "backslashreplace")
+                rows.append(message.to_dict() if message else text)
+                lines.append(f"  {describe(message)}" if message else f"  {text[:200]}")
+            shown[name] = {"key": key, "length": length, "messages": rows}
+    # --json: the inbox (or dead letters) at the top level, as before; urgent beside it.
+    data = shown.pop("dead") if args.dead else {**shown.pop("inbox"), "urgent": shown["urgent"]}
+    emit(args, data, "\n".join(lines))
     return 0
 
 
@@ -150,10 +164,33 @@ def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so a name cannot rewrite the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _listing(
+    args: argparse.Namespace,
+    what: str,
+    items: list[Any],
+    rows: list[list[str]],
+    header: list[str],
+    problems: list[str],
+) -> int:
+    table = _table([[_printable(cell) for cell in row] for row in rows], header)
+    text = table if rows else f"no {what}"
+    text += "".join(f"\nunreadable: {_printable(problem)}" for problem in problems)
+    emit(args, {what: [item.to_dict() for item in items], "problems": problems}, text)
+    return 0
+
+
 @command("agents")
 def cmd_agents(args: argparse.Namespace) -> int:
     with _channel(args) as channel:
-        agents = sorted(channel.agents(), key=lambda agent: agent.name)
+        listing = channel.agents_listing()
+    agents = sorted(listing.items, key=lambda agent: agent.name)
     rows = [
         [
             a.id,
@@ -167,21 +204,20 @@ def cmd_agents(args: argparse.Namespace) -> int:
         for a in agents
     ]
     header = ["ID", "NAME", "TYPE", "STATE", "TASK", "DONE", "HEARTBEAT"]
-    emit(args, [a.to_dict() for a in agents], _table(rows, header) if rows else "no agents")
-    return 0
+    return _listing(args, "agents", agents, rows, header, listing.problems)
 
 
 @command("tasks")
 def cmd_tasks(args: argparse.Namespace) -> int:
     with _channel(args) as channel:
-        tasks = sorted(channel.tasks(), key=lambda task: task.created_at)
+        listing = channel.tasks_listing()
+    tasks = sorted(listing.items, key=lambda task: task.created_at)
     rows = [
         [t.id, t.state.value, t.assigned_to or "-", _when(t.updated_at), t.description[:60]]
         for t in tasks
     ]
     header = ["ID", "STATE", "ASSIGNED", "UPDATED", "DESCRIPTION"]
-    emit(args, [t.to_dict() for t in tasks], _table(rows, header) if rows else "no tasks")
-    return 0
+    return _listing(args, "tasks", tasks, rows, header, listing.problems)
 
 
 @command("migrate")
@@ -276,7 +312,13 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
             "for one-field types); confirmation takes ack=TYPE [reason=...]",
         )
         p.add_argument("--json", action="store_true", help="print the message as JSON")
-    p = add("inbox", "show an agent's inbox (or dead letters) without taking anything")
+        if name == "send":
+            p.add_argument(
+                "--urgent",
+                action="store_true",
+                help="queue on the agent's urgent list, taken before its inbox (tt send --urgent)",
+            )
+    p = add("inbox", "show an agent's urgent list and inbox (or dead letters), taking nothing")
     p.add_argument("agent", type=_uuid, help="agent id")
     p.add_argument(
         "--peek", type=whole_number(1), default=10, metavar="N", help="show N (default 10)"

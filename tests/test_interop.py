@@ -1,0 +1,261 @@
+"""One town, Rust and Python agents: state, urgent messages and broadcasts as tinytown 0.10.
+
+Built on what tinytown 0.10's own code wrote into Redis (``tests/data/upstream-state.tsv``)
+and its JSON for the same values (``upstream-state-json.tsv``); see the wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import re
+import shutil
+import tempfile
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from support import client, project_dir, tinytownd
+
+from tinytownd import Agent, Channel, Message, Task, aio
+from tinytownd.errors import StateError
+from tinytownd.hashform import hash_time
+
+DATA = Path(__file__).with_name("data")
+TOWN = "fixture"
+
+
+def _unescape(text: str) -> str:
+    table = {"\\\\": "\\", "\\t": "\t", "\\n": "\n", "\\r": "\r"}
+    return re.sub(r"\\[\\tnr]", lambda m: table[m.group(0)], text)
+
+
+def _rows(name: str, escaped: bool = True) -> list[list[str]]:
+    with open(DATA / name, encoding="utf-8", newline="") as source:
+        lines = [line for line in source if not line.startswith("#")]
+    rows = csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE)
+    if not escaped:
+        return list(rows)
+    return [
+        [_unescape(cell) for cell in row]
+        for row in csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE)
+    ]
+
+
+def hashes() -> dict[str, tuple[str, dict[str, str]]]:
+    """case -> (key, fields) for every agent and task case, fields in HGETALL order."""
+    found: dict[str, tuple[str, dict[str, str]]] = {}
+    for case, key, kind, field, value in _rows("upstream-state.tsv"):
+        if kind == "hash":
+            found.setdefault(case, (key, {}))[1][field] = value
+    return found
+
+
+def documents() -> dict[str, str]:
+    return {case: text for case, text in _rows("upstream-state-json.tsv", escaped=False)}
+
+
+def lists() -> dict[str, dict[str, list[str]]]:
+    found: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for case, key, kind, _, value in _rows("upstream-state.tsv"):
+        if kind in ("list", "pubsub"):
+            found[case][key].append(value)
+    return found
+
+
+def kind_of(case: str) -> type[Agent] | type[Task]:
+    return Agent if case.startswith("agent-") else Task
+
+
+def to_microseconds(value: str) -> str:
+    """A fixture value as we write it: nanoseconds cut to microseconds (the models'
+    resolution), so a 9-digit time is compared as our writer formats its value."""
+    if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}\+00:00", value):
+        return hash_time(datetime.fromisoformat(value))
+    return value
+
+
+CASES = sorted(hashes())
+
+
+def test_the_fixtures_cover_every_case_the_wire_format_names() -> None:
+    assert len(CASES) == 43 and set(CASES) == set(documents())
+    assert {"urgent-list", "broadcast", "inbox-priority-order"} <= set(lists())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_upstream_hash_reads_as_upstreams_json_says(case: str, tmp_redis: Any) -> None:
+    key, fields = hashes()[case]
+    tmp_redis.hset(key, mapping=fields)
+    kind = kind_of(case)
+    entity_id = key.rsplit(":", 1)[1]
+    channel = Channel(tmp_redis, TOWN)
+    read = channel.get_agent_state(entity_id) if kind is Agent else channel.get_task(entity_id)
+    assert read == kind.from_json(documents()[case])
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("form", ["hash", "json"])
+def test_what_we_write_is_what_upstream_wrote(case: str, form: str, tmp_redis: Any) -> None:
+    key, fields = hashes()[case]
+    value = kind_of(case).from_json(documents()[case])
+    channel = Channel(tmp_redis, TOWN, state=form)
+    if case.endswith("-optional-cleared"):  # upstream wrote it with every optional field first
+        everything = value.evolve(
+            **(
+                {"current_task": "t", "nickname": "n", "role_id": "r"}
+                if isinstance(value, Agent)
+                else {"result": "r", "assigned_to": str(uuid.uuid4())}
+            )
+        )
+        store(channel, everything)
+    store(channel, value)
+    if form == "hash":
+        written = {k.decode(): v.decode() for k, v in tmp_redis.hgetall(key).items()}
+        assert written == {name: to_microseconds(text) for name, text in fields.items()}
+    else:  # the documented form: upstream's JSON, times at our microsecond resolution
+        written = tmp_redis.get(key)
+        assert json.loads(written).keys() == json.loads(documents()[case]).keys()
+        assert kind_of(case).from_json(written) == value
+
+
+def store(channel: Channel, value: Agent | Task) -> None:
+    if isinstance(value, Agent):
+        channel.set_agent_state(value)
+    else:
+        channel.set_task(value)
+
+
+def test_listings_show_hash_and_json_entries_and_report_bad_ones(tmp_redis: Any) -> None:
+    for key, fields in hashes().values():
+        tmp_redis.hset(key, mapping=fields)
+    channel = Channel(tmp_redis, TOWN, state="json")
+    older = Agent(name="json-era", cli="claude")
+    channel.set_agent_state(older)  # a string key beside the hashes
+    bad_list = f"tt:{TOWN}:agent:{uuid.uuid4()}"
+    tmp_redis.rpush(bad_list, "not an agent")
+    no_id = f"tt:{TOWN}:agent:{uuid.uuid4()}"
+    tmp_redis.hset(no_id, mapping={"name": "nameless"})
+    listing = channel.agents_listing()
+    upstream_agents = sum(1 for case in CASES if case.startswith("agent-"))
+    assert len(listing.items) == upstream_agents + 1
+    assert older in listing.items
+    assert len(listing.problems) == 2
+    assert any(bad_list in problem and "list" in problem for problem in listing.problems)
+    assert any(no_id in problem for problem in listing.problems)
+    assert len(channel.tasks_listing().items) == sum(1 for c in CASES if c.startswith("task-"))
+
+
+def test_a_key_of_another_type_is_a_state_error_naming_it(tmp_redis: Any) -> None:
+    agent_id = str(uuid.uuid4())
+    tmp_redis.rpush(f"tt:{TOWN}:agent:{agent_id}", "x")
+    with pytest.raises(StateError, match=f"tt:{TOWN}:agent:{agent_id} is a Redis list"):
+        Channel(tmp_redis, TOWN).get_agent_state(agent_id)
+
+
+def test_a_hash_write_replaces_a_json_string_in_place(tmp_redis: Any) -> None:
+    worker = Agent(name="w", cli="claude", nickname="nick")
+    Channel(tmp_redis, TOWN, state="json").set_agent_state(worker)
+    hashed = Channel(tmp_redis, TOWN)
+    assert hashed.get_agent_state(worker.id) == worker  # the JSON form still reads
+    hashed.set_agent_state(worker.evolve(nickname=None))
+    key = f"tt:{TOWN}:agent:{worker.id}"
+    assert tmp_redis.type(key) == b"hash" and b"nickname" not in tmp_redis.hgetall(key)
+
+
+@pytest.fixture(scope="module")
+def shared_town() -> Iterator[Path]:
+    """One running town for the whole module: these tests only read and write keys."""
+    base = Path(tempfile.mkdtemp(prefix="tt-", dir="/tmp"))
+    try:
+        with project_dir(base, config=f'name = "{TOWN}"\n') as root:
+            assert tinytownd("start", "--dir", str(root)).returncode == 0
+            yield root
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_redis(shared_town: Path) -> Any:
+    """A plain client of the module's town, emptied first, for writing fixtures raw."""
+    raw = client(shared_town)
+    raw.flushall()
+    return raw
+
+
+def test_urgent_messages_come_first_as_upstream_queues_them(tmp_redis: Any) -> None:
+    ((key, elements),) = lists()["urgent-list"].items()
+    agent_id = key.rsplit(":", 1)[1]
+    for element in elements:  # as upstream left them: index 0 at the head
+        tmp_redis.rpush(key, element)
+    channel = Channel(tmp_redis, TOWN)
+    later = Message.task(str(uuid.uuid4()), agent_id, "from the inbox")
+    channel.send(later)
+    assert channel.urgent_len(agent_id) == 2
+    got = [channel.receive(agent_id, timeout=1) for _ in range(3)]
+    assert [m.to_json() if m else None for m in got[:2]] == [
+        Message.from_json(e).to_json() for e in elements
+    ]
+    assert got[2] == later
+
+
+@pytest.mark.parametrize("mode", ["try_receive", "reliable", "asyncio"])
+def test_every_receive_takes_urgent_before_the_inbox(tmp_redis: Any, mode: str) -> None:
+    agent_id, sender = str(uuid.uuid4()), str(uuid.uuid4())
+    plain = Channel(tmp_redis, TOWN)
+    plain.send(Message.task(sender, agent_id, "normal work"))
+    plain.send_urgent(Message.task(sender, agent_id, "drop everything"))
+    if mode == "try_receive":
+        first, second = plain.try_receive(agent_id), plain.try_receive(agent_id)
+    elif mode == "reliable":
+        reliable = Channel(tmp_redis, TOWN, reliable=True)
+        first, second = reliable.receive(agent_id, timeout=1), reliable.receive(agent_id, 1)
+        reliable.ack(agent_id)
+    else:
+        first, second = asyncio.run(receive_two(tmp_redis, agent_id))
+    assert first is not None and first.body["description"] == "drop everything"
+    assert second is not None and second.body["description"] == "normal work"
+
+
+async def receive_two(raw: Any, agent_id: str) -> tuple[Message | None, Message | None]:
+    path = raw.connection_pool.connection_kwargs["path"]
+    client = aioredis.Redis(unix_socket_path=path)
+    try:
+        channel = aio.Channel(client, TOWN)
+        return await channel.receive(agent_id, 1), await channel.receive(agent_id, 1)
+    finally:
+        await client.aclose()
+
+
+def test_send_urgent_writes_what_upstream_writes(tmp_redis: Any) -> None:
+    agent_id = str(uuid.uuid4())
+    message = Message.task(str(uuid.uuid4()), agent_id, "urgent")
+    Channel(tmp_redis, TOWN).send_urgent(message)
+    assert tmp_redis.lrange(f"tt:{TOWN}:urgent:{agent_id}", 0, -1) == [message.to_json().encode()]
+    assert tmp_redis.llen(f"tt:{TOWN}:inbox:{agent_id}") == 0  # the inbox is not touched
+
+
+def test_broadcasts_cross_both_ways_with_default_settings(tmp_redis: Any) -> None:
+    ((channel_name, payloads),) = lists()["broadcast"].items()
+    assert channel_name == f"tt:{TOWN}:broadcast"
+    ours = Channel(tmp_redis, TOWN)
+    with ours.subscribe() as subscription:
+        for payload in payloads:  # what upstream publishes, on upstream's channel
+            tmp_redis.publish(channel_name, payload)
+        heard = [subscription.get(timeout=5) for _ in payloads]
+    assert [m.id if m else None for m in heard] == [json.loads(p)["id"] for p in payloads]
+
+    listener = tmp_redis.pubsub()
+    listener.subscribe(channel_name)  # where a tinytown 0.10 subscriber listens
+    listener.get_message(timeout=5)
+    sent = Message.informational(str(uuid.uuid4()), str(uuid.uuid4()), "from Python")
+    assert ours.broadcast(sent) == 1
+    event = listener.get_message(timeout=5)
+    listener.close()
+    assert event is not None and Message.from_json(event["data"]) == sent
