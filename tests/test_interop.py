@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -20,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from support import client, project_dir, tinytownd
 
-from tinytownd import Agent, Channel, Message, Task, aio
+from tinytownd import Agent, Channel, Message, Task, aio, migrate
 from tinytownd.errors import StateError
 from tinytownd.hashform import hash_time
+from tinytownd.keys import TownKeys
 
 DATA = Path(__file__).with_name("data")
 TOWN = "fixture"
@@ -259,3 +262,63 @@ def test_broadcasts_cross_both_ways_with_default_settings(tmp_redis: Any) -> Non
     event = listener.get_message(timeout=5)
     listener.close()
     assert event is not None and Message.from_json(event["data"]) == sent
+
+
+@pytest.mark.parametrize(("start", "target"), [("json", "hash"), ("hash", "json")])
+def test_migrate_state_converts_every_key_while_agents_write(
+    tmp_redis: Any, start: str, target: str
+) -> None:
+    before = Channel(tmp_redis, TOWN, state=start)
+    agents = [Agent(name=f"a{i}", cli="claude", tasks_completed=i) for i in range(300)]
+    tasks = [Task(description=f"t{i}", tags=("x",)) for i in range(100)]
+    for agent in agents:
+        before.set_agent_state(agent)
+    for task in tasks:
+        before.set_task(task)
+    last: dict[str, Agent] = {}
+    stop = threading.Event()
+
+    def keep_writing() -> None:  # an agent already on the new form, updating itself
+        writer = Channel(client_like(tmp_redis), TOWN, state=target)
+        count = 0
+        while not stop.is_set():
+            agent = agents[count % 20].evolve(rounds_completed=count)
+            writer.set_agent_state(agent)
+            last[agent.id] = agent
+            count += 1
+
+    thread = threading.Thread(target=keep_writing)
+    thread.start()
+    try:
+        report = Channel(tmp_redis, TOWN).run(migrate.convert_state(TownKeys(TOWN), target))
+    finally:
+        stop.set()
+        thread.join()
+    assert report.problems == [] and report.scanned == 400
+    assert len(report.converted) + report.already == 400
+    wanted = b"hash" if target == "hash" else b"string"
+    for key in tmp_redis.scan_iter(f"tt:{TOWN}:*"):
+        assert tmp_redis.type(key) == wanted
+    reader = Channel(tmp_redis, TOWN)
+    for agent in agents:
+        assert reader.get_agent_state(agent.id) == last.get(agent.id, agent)  # no lost write
+    for task in tasks:
+        assert reader.get_task(task.id) == task
+    again = Channel(tmp_redis, TOWN).run(migrate.convert_state(TownKeys(TOWN), target))
+    assert again.converted == [] and again.already == 400  # idempotent
+
+
+def client_like(raw: Any) -> Any:
+    """Another connection to the same server (threads must not share a pipeline)."""
+    return redis.Redis(unix_socket_path=raw.connection_pool.connection_kwargs["path"])
+
+
+def test_migrate_state_from_the_cli_reports_and_dry_runs(shared_town: Path, tmp_redis: Any) -> None:
+    worker = Agent(name="w", cli="claude")
+    Channel(tmp_redis, TOWN, state="json").set_agent_state(worker)
+    planned = tinytownd("migrate", "--state", "hash", "--dry-run", "--dir", str(shared_town))
+    assert planned.returncode == 0 and "would convert 1 key(s) to hash" in planned.stdout
+    assert tmp_redis.type(f"tt:{TOWN}:agent:{worker.id}") == b"string"
+    done = tinytownd("migrate", "--state", "hash", "--force", "--json", "--dir", str(shared_town))
+    assert json.loads(done.stdout)["converted"] == [f"tt:{TOWN}:agent:{worker.id}"]
+    assert tmp_redis.type(f"tt:{TOWN}:agent:{worker.id}") == b"hash"

@@ -226,10 +226,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if not args.dry_run and not args.force:
         if not sys.stdin.isatty():
             raise ConfigError(
-                "migrate renames keys: run with --dry-run to see the plan, "
+                "migrate changes keys: run with --dry-run to see the plan, "
                 "then with --force (or from a terminal) to apply it"
             )
-        answer = input(f"rename legacy tt:* keys into town {config.name!r}? [y/N] ")
+        question = (
+            f"rewrite town {config.name!r}'s agent and task state as {args.state}?"
+            if args.state
+            else f"rename legacy tt:* keys into town {config.name!r}?"
+        )
+        answer = input(f"{question} [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing changed")
             return 0
@@ -244,6 +249,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    if args.state:
+        return _convert_state(args, show)
     with _channel(args) as channel:
         report = channel.run(migrate_module.migrate(config.name, args.dry_run, show))
     if show:
@@ -265,6 +272,34 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     }
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _convert_state(
+    args: argparse.Namespace, show: Callable[[migrate_module.MigrationReport], None] | None
+) -> int:
+    with _channel(args) as channel:
+        report = channel.run(
+            migrate_module.convert_state(channel.keys, args.state, args.dry_run, show)
+        )
+    if show:
+        print(file=sys.stderr)
+    verb = "would convert" if args.dry_run else "converted"
+    lines = [
+        f"{verb} {len(report.converted)} key(s) to {args.state}, {report.already} already "
+        f"{args.state}, {len(report.problems)} problem(s) (scanned {report.scanned})"
+    ]
+    lines += [f"  {key}" for key in report.converted]
+    lines += [f"  PROBLEM {_printable(problem)}" for problem in report.problems]
+    data = {
+        "dry_run": args.dry_run,
+        "state": args.state,
+        "scanned": report.scanned,
+        "converted": report.converted,
+        "already": report.already,
+        "problems": report.problems,
+    }
+    emit(args, data, "\n".join(lines))
+    return 1 if report.problems else 0
 
 
 def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
@@ -334,7 +369,16 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = add("listen", "print broadcast messages as they arrive")
     p.add_argument("--count", type=whole_number(1), help="exit after N messages")
     p.add_argument("--json", action="store_true", help="one JSON document per line")
-    p = add("migrate", "rename pre-0.9 keys (tt:agent:<id>, ...) into this town")
+    p = add(
+        "migrate",
+        "rename pre-0.9 keys (tt:agent:<id>, ...) into this town, or with --state rewrite "
+        "agent and task state as hashes or JSON strings",
+    )
+    p.add_argument(
+        "--state",
+        choices=("hash", "json"),
+        help="convert agent and task keys to this form (hash: as tinytown 0.10 stores them)",
+    )
     p.add_argument("--dry-run", action="store_true", help="show what would move; change nothing")
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")
     p.add_argument("--json", action="store_true", help="machine-readable output")
