@@ -13,13 +13,14 @@ import os
 import re
 import tomllib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomli_w
 
-from . import trust
+from . import compat, trust
 from .errors import ConfigError
 from .keys import validate_town_name
 
@@ -88,15 +89,18 @@ class Config:
     persistence: Persistence = Persistence()
     supervisor: SupervisorSettings = SupervisorSettings()
     channel: ChannelSettings = ChannelSettings()
+    #: The project's own socket (set by :func:`load`): a URL naming it is this town.
+    local_socket: str = field(default="", compare=False)
 
     @property
     def remote_url(self) -> str:
         """The Redis URL to use instead of a local server, or "" for the local one."""
-        return (
+        url = (
             self.redis.url
             or os.environ.get("TINYTOWN_REDIS_URL", "")
             or os.environ.get("REDIS_URL", "")
         )
+        return "" if self.local_socket and _names_socket(url, self.local_socket) else url
 
     def get(self, key: str) -> Any:
         """The value of a dotted key such as ``persistence.appendonly``."""
@@ -114,8 +118,16 @@ class Config:
 
 
 SECTIONS: dict[str, type[Any]] = {
-    name: hint for name, hint in typing.get_type_hints(Config).items() if name != "name"
+    name: hint
+    for name, hint in typing.get_type_hints(Config).items()
+    if isinstance(hint, type) and is_dataclass(hint)
 }
+
+
+def _names_socket(url: str, socket: str) -> bool:
+    """Whether ``url`` is ``unix://`` (or a bare path) at the project's own socket."""
+    path = urlsplit(url).path if url.startswith("unix://") else url if url.startswith("/") else ""
+    return bool(path) and os.path.realpath(path) == os.path.realpath(socket)
 
 
 def all_keys() -> list[str]:
@@ -203,6 +215,7 @@ def from_mapping(
         return f"{source}:{line}" if line else source
 
     config = Config(name=default_name)
+    data = compat.translate(data, at)
     for top, value in data.items():
         if top == "name":
             if not isinstance(value, str):
@@ -213,14 +226,16 @@ def from_mapping(
                 raise ConfigError(f"{at('name')}: {err}") from None
             continue
         if top not in SECTIONS:
-            raise ConfigError(f"{at(top)}: unknown key {top!r}{_suggest(top, ['name', *SECTIONS])}")
+            candidates = ["name", *SECTIONS, *compat.TT_TOP_LEVEL]
+            raise ConfigError(f"{at(top)}: unknown key {top!r}{_suggest(top, candidates)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{at(top)}: {top}: expected a [{top}] table")
         names = [f.name for f in dataclasses.fields(SECTIONS[top])]
         for leaf, leaf_value in value.items():
             key = f"{top}.{leaf}"
             if leaf not in names:
-                raise ConfigError(f"{at(leaf)}: unknown key {key!r}{_suggest(leaf, names)}")
+                candidates = names + sorted(compat.TT_REDIS) if top == "redis" else names
+                raise ConfigError(f"{at(leaf)}: unknown key {key!r}{_suggest(leaf, candidates)}")
             try:
                 config = config.replace(key, leaf_value)
             except ConfigError as err:
@@ -246,6 +261,7 @@ def load(project_dir: Path) -> Config:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: {err}") from None
     config = from_mapping(data, default_name="", source=str(path), text=text)
+    config = dataclasses.replace(config, local_socket=str(project_dir.absolute() / "redis.sock"))
     if config.name:
         return config
     try:
@@ -262,15 +278,34 @@ def to_mapping(config: Config) -> dict[str, Any]:
     data: dict[str, Any] = {"name": config.name}
     for section in SECTIONS:
         data[section] = dataclasses.asdict(getattr(config, section))
+    for key in ("url", "password"):  # tt reads an empty one as set: leave unset ones out
+        if not data["redis"][key]:
+            del data["redis"][key]
     return data
 
 
-def save(project_dir: Path, config: Config) -> Path:
-    """Write ``tinytown.toml`` atomically (temp file, fsync, rename)."""
+def save(project_dir: Path, config: Config, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``tinytown.toml`` atomically (temp file, fsync, rename).
+
+    Keys of the file we do not own (tt's, or ``extra``) are kept; ours are rewritten.
+    """
     path = project_dir / CONFIG_FILE
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, tomllib.TOMLDecodeError):
+        document = {}
+    for key, value in [*(extra or {}).items(), *to_mapping(config).items()]:
+        if isinstance(value, dict) and isinstance(document.get(key), dict):
+            merged = {**document[key], **value}
+            if key in SECTIONS:  # ours, left out because unset: gone from the file too
+                for name in {f.name for f in dataclasses.fields(SECTIONS[key])} - value.keys():
+                    merged.pop(name, None)
+            document[key] = merged
+        else:
+            document[key] = value
     tmp = path.with_name(f".{CONFIG_FILE}.tmp")
     with open(tmp, "wb") as out:
-        tomli_w.dump(to_mapping(config), out)
+        tomli_w.dump(document, out)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)

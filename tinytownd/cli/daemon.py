@@ -8,18 +8,22 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import compat, control
 from .. import config as config_module
-from .. import control
 from ..config import APPENDFSYNC, Config
 from ..errors import ConfigError
 from ..paths import ProjectPaths
 from ..state import daemon_pid
 from .common import command, emit, project, whole_number
+
+#: tt runs `redis-server --version` on every connect and wants at least this.
+TT_MIN_REDIS = (8, 0)
 
 
 @command("init")
@@ -30,7 +34,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", paths.root.name).strip("-") or "town"
     config = Config(name="x").replace("name", name)
     try:
-        written = config_module.save(paths.root, config)
+        # The keys tt needs to find this town on ./redis.sock rather than start its own.
+        written = config_module.save(paths.root, config, compat.tt_keys_for_init())
     except OSError as err:
         raise ConfigError(f"cannot write {paths.config}: {err.strerror}") from None
     _ensure_gitignore(paths.root / ".gitignore")
@@ -96,6 +101,32 @@ def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Confi
         )
 
     return Supervisor(paths, config, override, _override_args(args)).run()
+
+
+@command("env")
+def cmd_env(args: argparse.Namespace) -> int:
+    """Shell lines that let tt find a redis-server >= 8.0 (it checks on every connect)."""
+    from .. import redis_server
+
+    on_path = shutil.which("redis-server")
+    version = redis_server.binary_version(on_path) if on_path else None
+    if on_path and version and version[:2] >= TT_MIN_REDIS:
+        print(f"# {on_path} ({'.'.join(map(str, version))}) on PATH already serves tt")
+        return 0
+    bundled = redis_server.bundled()
+    if bundled is None:
+        raise ConfigError(
+            "no redis-server >= 8.0 on PATH and none bundled: install one (tt needs it too)"
+        )
+    directory = os.path.dirname(bundled)
+    if on_path:  # appending would leave the older one first: say how, do not do it
+        print(
+            f"# tt needs redis-server >= 8.0, and {on_path} comes first on PATH; to use "
+            f'the bundled one: export PATH="{directory}:$PATH"'
+        )
+        return 0
+    print(f'export PATH="$PATH:{directory}"  # the redis-server bundled with tinytownd, for tt')
+    return 0
 
 
 @command("stop")
@@ -248,6 +279,7 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         )
         p.add_argument("--appendfsync", choices=APPENDFSYNC, help="AOF fsync policy for this run")
 
+    add("env", 'print the shell line that lets tt find a redis-server (eval "$(tinytownd env)")')
     p = add("stop", "save and stop the town's Redis (it keeps running if it cannot save)")
     p.add_argument(
         "--force",
