@@ -322,3 +322,13 @@ def test_migrate_state_from_the_cli_reports_and_dry_runs(shared_town: Path, tmp_
     done = tinytownd("migrate", "--state", "hash", "--force", "--json", "--dir", str(shared_town))
     assert json.loads(done.stdout)["converted"] == [f"tt:{TOWN}:agent:{worker.id}"]
     assert tmp_redis.type(f"tt:{TOWN}:agent:{worker.id}") == b"hash"
+
+
+def test_four_sends_leave_the_inbox_in_upstreams_order(tmp_redis: Any) -> None:
+    ((key, elements),) = lists()["inbox-priority-order"].items()
+    sent_in_order = sorted(elements, key=lambda e: Message.from_json(e).created_at)
+    channel = Channel(tmp_redis, TOWN)
+    for element in sent_in_order:
+        channel.send(Message.from_json(element))
+    stored = [Message.from_json(raw) for raw in tmp_redis.lrange(key, 0, -1)]
+    assert [m.id for m in stored] == [json.loads(e)["id"] for e in elements]

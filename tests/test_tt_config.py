@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 from support import client, status, tinytownd
 
 from tinytownd import config
@@ -127,3 +128,11 @@ def test_env_lets_tt_find_the_bundled_redis_server_without_shadowing(tmp: Path) 
     found, version = shell.stdout.splitlines()[:2]
     assert found.endswith("redis-server") and "v=8." in version
     assert line.split("=", 1)[1].startswith('"$PATH:')  # appended: the user's own still wins
+
+
+def test_tts_default_socket_path_reaches_the_running_town(town: Path) -> None:
+    client(town).set("seen-by-tt", 1)
+    via_tt_default = redis.Redis(unix_socket_path=str(town / ".tt" / "redis.sock"))
+    assert via_tt_default.get("seen-by-tt") == b"1"  # where an unmodified tt looks
+    assert tinytownd("stop", "--dir", str(town)).returncode == 0
+    assert not os.path.lexists(town / ".tt" / "redis.sock")  # no dangling link for tt

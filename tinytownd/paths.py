@@ -194,6 +194,31 @@ class ProjectPaths:
         tmp.symlink_to(self.socket)
         os.replace(tmp, link)
 
+    @property
+    def tt_socket(self) -> Path:
+        """Where tinytown's ``tt`` looks by default (``.tt/redis.sock``)."""
+        return self.state_dir / SOCKET_NAME
+
+    def link_tt_socket(self) -> None:
+        """Point ``.tt/redis.sock`` at the town's socket, so that an unmodified ``tt``
+        finds this town instead of starting a second Redis in ``.tt/``."""
+        target = os.path.join("..", SOCKET_NAME)
+        try:
+            if os.readlink(self.tt_socket) == target:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return  # something else is there (tt's own socket?): leave it alone
+        os.symlink(target, self.tt_socket)
+
+    def unlink_tt_socket(self) -> None:
+        try:
+            if os.readlink(self.tt_socket) == os.path.join("..", SOCKET_NAME):
+                os.unlink(self.tt_socket)
+        except OSError:
+            pass
+
     def unlink_socket_link(self) -> None:
         if self.needs_socket_link:
             self.socket_link.unlink(missing_ok=True)

@@ -99,6 +99,7 @@ class Supervisor:
             return self._loop()
         finally:
             self.paths.unlink_socket_link()
+            self.paths.unlink_tt_socket()
             self.lock.release()
 
     # -- start -----------------------------------------------------------
@@ -109,6 +110,7 @@ class Supervisor:
             raise AlreadyRunning(f"tinytownd is already running (pid {daemon_pid(self.paths)})")
         self.paths.rotate(self.paths.redis_log)  # ours alone now that we hold the lock
         self.paths.link_socket()
+        self.paths.link_tt_socket()
         self.binary = redis_server.find_binary(self.config)
         self.state.redis_binary = self.binary.path
         self.state.redis_binary_source = self.binary.source
