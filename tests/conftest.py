@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -8,6 +9,19 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 from support import project_dir, tinytownd
+
+# The suite runs the same everywhere: a Redis URL exported in the developer's shell must
+# not point these tests (and the daemons they start) at somebody's server.
+for _variable in (
+    "REDIS_URL",
+    "TINYTOWN_REDIS_URL",
+    "TINYTOWN_REDIS_SERVER",
+    "TINYTOWN_REDIS_PASSWORD",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+):
+    os.environ.pop(_variable, None)
 
 # Shared 2-core machines: a slow example is not a failure.
 settings.register_profile("tinytownd", deadline=None)

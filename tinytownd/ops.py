@@ -11,14 +11,16 @@ decision: which key, which command, how to encode, and what to do with bad data.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError as RedisNoScriptError
 from redis.exceptions import ResponseError as RedisResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -101,6 +103,32 @@ class Move(Pop):
         if left < _MIN_BLOCK:
             return ("LMOVE", self.key, self.target, *ends)
         return ("BLMOVE", self.key, self.target, *ends, f"{left:.3f}")
+
+
+#: Without waiting, acknowledge the previous delivery (ARGV[1], if any), then move the
+#: head of the urgent list, else of the inbox, to the processing list: one round trip.
+_TAKE_SCRIPT = """
+if #ARGV > 0 then redis.call('LREM', KEYS[3], 1, ARGV[1]) end
+local taken = redis.call('LMOVE', KEYS[1], KEYS[3], 'LEFT', 'RIGHT')
+if taken then return taken end
+return redis.call('LMOVE', KEYS[2], KEYS[3], 'LEFT', 'RIGHT')
+"""
+_TAKE_SHA = hashlib.sha1(_TAKE_SCRIPT.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TakeNow(Move):
+    """:class:`Move` without waiting, the urgent list first, as one server-side step."""
+
+    #: Send the script's text (EVAL): Redis did not know it yet (NOSCRIPT).
+    by_text: bool = False
+
+    def commands(self) -> list[Command]:
+        keys = (self.urgent, self.key, self.target)
+        ack = () if self.ack is None else (self.ack,)
+        if self.by_text:
+            return [("EVAL", _TAKE_SCRIPT, 3, *keys, *ack)]
+        return [("EVALSHA", _TAKE_SHA, 3, *keys, *ack)]
 
 
 @dataclass(frozen=True)
@@ -261,13 +289,21 @@ def receive_reliable(
             inflight.checked = True
         if raw is None:
             try:
-                # Urgent first; the acknowledgement of the previous message rides along.
-                now_only = time.monotonic()  # a deadline already here: LMOVE, no waiting
-                raw = yield Move(
-                    keys.urgent(agent), now_only, target=processing, ack=inflight.payload
+                # Urgent first, then the inbox, the previous message acknowledged on the
+                # way: one round trip when a message is waiting; else wait on the inbox.
+                take = TakeNow(
+                    inbox,
+                    time.monotonic(),
+                    urgent=keys.urgent(agent),
+                    target=processing,
+                    ack=inflight.payload,
                 )
+                try:
+                    raw = yield take
+                except RedisNoScriptError:
+                    raw = yield replace(take, by_text=True)
                 inflight.payload = None
-                if raw is None:
+                if raw is None and (deadline is None or deadline - time.monotonic() >= _MIN_BLOCK):
                     raw = yield Move(inbox, deadline, target=processing)
             except (RedisConnectionError, RedisTimeoutError):
                 delay = backoff(attempt, deadline)
