@@ -24,7 +24,7 @@ import redis
 from . import control, migrate, redis_server
 from .channel import Channel
 from .config import Config
-from .errors import NotRunningError, StartupError, TinytownError
+from .errors import BackupError, NotRunningError, StartupError, TinytownError
 from .keys import LEGACY_KINDS
 from .migrate import MigrationReport
 from .paths import ProjectPaths
@@ -33,10 +33,6 @@ from .state import DaemonState
 DEFAULT_FILE = "tinytown-state.rdb"
 _KEYS_READ = re.compile(r"\[info\] (\d+) keys read")
 _EXPIRES = re.compile(r"\[info\] (\d+) expires")
-
-
-class BackupError(TinytownError):
-    """A snapshot could not be made, checked or restored."""
 
 
 @dataclass(frozen=True)

@@ -435,7 +435,7 @@ def _load(client: redis.Redis, count: int) -> None:
 def _recovery(paths: ProjectPaths, client: redis.Redis, rounds: int = 5) -> float:
     times = []
     for _ in range(rounds):
-        time.sleep(1.1)  # past supervisor.STABLE_AFTER: each kill is a fresh crash, no backoff
+        time.sleep(1.1)  # past restart_policy.STABLE_AFTER: each kill is a fresh crash, no backoff
         pid = int(client.info("server")["process_id"])
         began = time.perf_counter()
         os.kill(pid, 9)

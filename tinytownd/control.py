@@ -18,11 +18,16 @@ import redis
 
 from . import redis_server
 from .config import Config
-from .errors import ForeignSocketError, NotRunningError, StartupError, StopError
+from .errors import (
+    EXIT_ALREADY_RUNNING,
+    ForeignSocketError,
+    NotRunningError,
+    StartupError,
+    StopError,
+)
 from .paths import ProjectPaths
 from .redis_server import RedisProcess
 from .state import DaemonState, daemon_pid
-from .supervisor import EXIT_ALREADY_RUNNING
 
 
 def start(

@@ -28,6 +28,24 @@ class StartupError(TinytownError):
     """Redis or the daemon could not be started."""
 
 
+#: The exit code of ``start --foreground`` when the town already has a daemon.
+EXIT_ALREADY_RUNNING = 3
+
+
+class AlreadyRunning(TinytownError):
+    """The town already has a daemon (``start --foreground`` exits 3)."""
+
+    exit_code = EXIT_ALREADY_RUNNING
+
+
+class BackupError(TinytownError):
+    """A snapshot could not be made, checked or restored."""
+
+
+class RepairError(TinytownError):
+    """An append-only file could not be repaired."""
+
+
 class StopError(TinytownError):
     """Redis could not be stopped without losing data, so it was left running."""
 

@@ -194,6 +194,13 @@ class ProjectPaths:
         tmp.symlink_to(self.socket)
         os.replace(tmp, link)
 
+    def read_password(self) -> str | None:
+        """The password the town's Redis requires (``.tt/password``), if it requires one."""
+        try:
+            return self.password_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     @property
     def tt_socket(self) -> Path:
         """Where tinytown's ``tt`` looks by default (``.tt/redis.sock``)."""

@@ -142,25 +142,18 @@ def password_for(paths: ProjectPaths, network: RedisSettings) -> str | None:
     if not network.port and not network.password:
         paths.password_file.unlink(missing_ok=True)
         return None
-    password = network.password or read_password(paths) or secrets.token_urlsafe(32)
+    password = network.password or paths.read_password() or secrets.token_urlsafe(32)
     fd = os.open(paths.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(password + "\n")
     return password
 
 
-def read_password(paths: ProjectPaths) -> str | None:
-    try:
-        return paths.password_file.read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
-
 def connect(paths: ProjectPaths, timeout: float | None = None) -> redis.Redis:
     """A client for the daemon's own checks: no retries, bounded waits."""
     return own_socket_client(
         str(paths.client_socket),
-        password=read_password(paths),
+        password=paths.read_password(),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
@@ -475,7 +468,7 @@ class ShutdownRequest:
         # Held for our whole life: the client closes its pool when collected.
         self.client = own_socket_client(
             str(paths.client_socket),
-            password=read_password(paths),
+            password=paths.read_password(),
             socket_timeout=None,
             socket_connect_timeout=5,
             retry=Retry(NoBackoff(), 0),

@@ -8,7 +8,7 @@ import subprocess
 
 from . import redis_server
 from .config import Config
-from .errors import StartupError, TinytownError
+from .errors import RepairError, StartupError
 from .paths import ProjectPaths
 from .state import daemon_pid
 
@@ -22,10 +22,10 @@ def repair_aof(paths: ProjectPaths, config: Config) -> tuple[str, str]:
     the first damaged record on is cut off, as ``redis-check-aof --fix`` does.
     """
     if daemon_pid(paths) is not None or redis_server.identify(paths) is not None:
-        raise TinytownError("the town is running; stop it with `tinytownd stop` first")
+        raise RepairError("the town is running; stop it with `tinytownd stop` first")
     manifests = sorted(paths.aof_dir.glob("*.manifest"))
     if not manifests:
-        raise TinytownError(f"no append-only file to repair in {paths.aof_dir}")
+        raise RepairError(f"no append-only file to repair in {paths.aof_dir}")
     backup = paths.new_backup_dir()
     shutil.copytree(paths.aof_dir, backup / paths.aof_dir.name)
     binary = redis_server.find_binary(config)

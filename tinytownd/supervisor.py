@@ -12,7 +12,6 @@ its own I/O failed.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -26,9 +25,9 @@ from collections.abc import Callable, Sequence
 import redis
 
 from . import config as config_module
-from . import durability, redis_log, redis_server
+from . import durability, redis_log, redis_server, restart_policy
 from .config import Config, Persistence
-from .errors import ConfigError, StartupError, TinytownError
+from .errors import AlreadyRunning, ConfigError, StartupError, TinytownError
 from .notify import Notifier
 from .paths import ProjectPaths
 from .redis_server import RedisProcess, ServerBinary, ShutdownRequest
@@ -36,15 +35,7 @@ from .state import DaemonLock, DaemonState, daemon_pid
 
 log = logging.getLogger("tinytownd")
 
-EXIT_ALREADY_RUNNING = 3
-#: A Redis that ran this long before dying is restarted at once; quicker deaths
-#: in a row back off (0.2 s, 0.4 s, ... up to supervisor.backoff_max).
-STABLE_AFTER = 1.0
 PersistenceOverride = Callable[[Persistence], Persistence]
-
-
-class AlreadyRunning(TinytownError):
-    exit_code = EXIT_ALREADY_RUNNING
 
 
 class Supervisor:
@@ -67,8 +58,8 @@ class Supervisor:
         self.process: RedisProcess | None = None
         self.client: redis.Redis | None = None
         self.live = override(config.persistence)
-        self.crashes: collections.deque[float] = collections.deque()
-        self.streak = 0  # crashes in a row, each within STABLE_AFTER of its start
+        self.crashes: list[float] = []  # recent crash times (monotonic)
+        self.streak = 0  # quick crashes in a row (see restart_policy)
         self.redis_started = time.monotonic()
         self.health_misses = 0
         self.restart_at: float | None = None
@@ -309,10 +300,11 @@ class Supervisor:
         self.state.record_exit(reason, tail)
         log.error("redis-server %s", reason)
         now = time.monotonic()
-        self.crashes.append(now)
-        while self.crashes and self.crashes[0] < now - self.settings.restart_window:
-            self.crashes.popleft()
-        if len(self.crashes) > self.settings.max_restarts:
+        decision = restart_policy.after_crash(
+            self.crashes, now, now - self.redis_started, self.streak, self.settings
+        )
+        self.crashes = list(decision.recent)
+        if decision.delay is None:
             failure = (
                 f"redis-server crashed {len(self.crashes)} times in "
                 f"{self.settings.restart_window:g}s; last: {reason}"
@@ -321,11 +313,8 @@ class Supervisor:
             self.notifier.status(f"failed: {failure}")
             log.error("giving up: %s", failure)
             return 1
-        if now - self.redis_started >= STABLE_AFTER:
-            self.streak = 0  # it had been serving: a fresh crash, not a crash loop
-        delay = 0.0 if self.streak == 0 else min(self.settings.backoff_max, 0.1 * 2**self.streak)
-        self.streak += 1
-        self.restart_at = now + delay
+        self.streak = decision.streak
+        self.restart_at = now + decision.delay
         self._publish("restarting")
         self.notifier.status(f"restarting redis-server after it {reason}")
         return None

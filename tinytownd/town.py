@@ -9,7 +9,6 @@ import redis
 from redis.backoff import NoBackoff
 
 from . import config as config_module
-from . import control, redis_server
 from .channel import Channel
 from .config import Config
 from .paths import ProjectPaths
@@ -25,6 +24,8 @@ def prepare(directory: str | Path, start: bool) -> tuple[Config, ProjectPaths]:
     paths = ProjectPaths.of(directory)
     config = config_module.load(paths.root)
     if not config.remote_url and start and daemon_pid(paths) is None:
+        from . import control  # the daemon's side, loaded only to start one
+
         control.start(paths, config)
     return config, paths
 
@@ -48,7 +49,7 @@ def client_options(
     options: dict[str, Any] = {"retry": retry, "socket_connect_timeout": 5}
     if config.remote_url:
         return config.remote_url, options
-    password = redis_server.read_password(paths)  # set when the town's Redis requires one
+    password = paths.read_password()  # set when the town's Redis requires one
     return "", {**options, "unix_socket_path": str(paths.client_socket), "password": password}
 
 
