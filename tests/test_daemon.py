@@ -328,3 +328,16 @@ def test_big_logs_are_rotated_at_start(project: Path) -> None:
     assert tinytownd("start", "--dir", str(project)).returncode == 0
     assert paths.redis_log.stat().st_size < 1_000_000
     assert (paths.state_dir / "redis.log.1").stat().st_size > 10 * 2**20
+
+
+def test_config_set_leaves_the_start_flags_alone_and_rewrites_no_aof(project: Path) -> None:
+    started = tinytownd("start", "--aof", "--dir", str(project))
+    assert started.returncode == 0, started.stderr
+    rewrites = client(project).info("persistence")["aof_rewrites"]
+    result = tinytownd("config", "set", "persistence.appendfsync", "always", "--dir", str(project))
+    assert result.returncode == 0, result.stderr
+    assert "applied" in result.stdout
+    assert status(project)["reloaded_at"] is not None  # confirmed by the daemon itself
+    live = client(project).config_get("appendonly", "appendfsync")
+    assert live == {"appendonly": "yes", "appendfsync": "always"}  # --aof kept, fsync changed
+    assert client(project).info("persistence")["aof_rewrites"] == rewrites  # no off-and-on

@@ -183,14 +183,19 @@ def _total_keys(client: redis.Redis) -> int:
 
 
 def restore(
-    paths: ProjectPaths, config: Config, source: Path, rename_from: str | None = None
+    paths: ProjectPaths,
+    config: Config,
+    source: Path,
+    rename_from: str | None = None,
+    checked: RdbCount | None = None,
 ) -> Restored:
     """Replace the town's data with the snapshot ``source`` and start the town on it.
 
     ``rename_from``: a town name whose keys to move into this town afterwards, or
-    ``"*"`` to pick the one other town found in the snapshot.
+    ``"*"`` to pick the one other town found in the snapshot. ``checked``: what
+    :func:`check_rdb` said of ``source``, if the caller already ran it.
     """
-    expected = check_rdb(config, source)
+    expected = checked or check_rdb(config, source)  # a caller that showed it has checked
     was_running = current_keys(paths) is not None
     # The town comes back with the durability it ran with, `start --aof ...` included.
     start_args = DaemonState.load(paths).start_args

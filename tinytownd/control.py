@@ -284,16 +284,29 @@ def redact_url(url: str) -> str:
 
 
 def apply_live(paths: ProjectPaths, config: Config) -> bool:
-    """Push changed settings to a running town: CONFIG SET now, and SIGHUP the daemon so
-    it adopts the file too. Returns False when nothing is running."""
-    client = redis_server.connect(paths, timeout=config.supervisor.start_timeout)
-    try:
-        redis_server.apply_persistence(client, config.persistence, config.supervisor.start_timeout)
-    except (redis.ConnectionError, FileNotFoundError):
-        return False
-    finally:
-        client.close()
+    """Have the running daemon apply ``tinytown.toml`` now (SIGHUP) and wait until it says
+    it has. The daemon is the only process that changes Redis's settings, so its own
+    ``--aof`` flags are never undone on the way. Returns False when no daemon runs."""
     pid = daemon_pid(paths)
-    if pid:
-        os.kill(pid, signal.SIGHUP)
-    return True
+    if not pid:
+        return False
+    asked = time.time()
+    os.kill(pid, signal.SIGHUP)
+    timeout = config.supervisor.start_timeout + 5
+    deadline = time.monotonic() + timeout
+    while daemon_pid(paths) is not None:
+        recorded = DaemonState.load(paths)
+        if recorded.reloaded_at is not None and recorded.reloaded_at >= asked:
+            if recorded.reload_error:
+                raise StartupError(
+                    f"the daemon could not apply it ({recorded.reload_error}); the running "
+                    "town keeps its settings, see `tinytownd logs`"
+                )
+            return True
+        if time.monotonic() > deadline:
+            raise StartupError(
+                f"the daemon (pid {pid}) did not confirm the new settings within {timeout:g}s; "
+                "see `tinytownd logs`"
+            )
+        time.sleep(0.02)
+    return False

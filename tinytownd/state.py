@@ -8,18 +8,28 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from .paths import ProjectPaths
 
-STATES = ("starting", "running", "restarting", "stopping", "stopped", "failed")
+
+class TownState(StrEnum):
+    """Where the daemon is in its life, as ``status`` shows it."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"  # Redis died; the daemon brings it back
+    STOPPING = "stopping"  # SHUTDOWN SAVE sent; Redis is saving
+    STOPPED = "stopped"
+    FAILED = "failed"  # gave up: too many crashes, or could not start
 
 
 @dataclass
 class DaemonState:
     """What ``tinytownd status`` shows; written by the daemon on every change."""
 
-    state: str = "stopped"
+    state: TownState = TownState.STOPPED
     daemon_pid: int | None = None
     redis_pid: int | None = None
     restarts: int = 0
@@ -35,6 +45,9 @@ class DaemonState:
     #: Why the last stop left Redis running (it could not save), and when.
     stop_failure: str | None = None
     stop_failure_at: float | None = None
+    #: When the daemon last applied tinytown.toml on SIGHUP, and what went wrong if it failed.
+    reloaded_at: float | None = None
+    reload_error: str | None = None
     #: The ``start`` flags this run was started with (``--aof`` ...), for restore.
     start_args: list[str] = field(default_factory=list)
 
@@ -50,7 +63,12 @@ class DaemonState:
         except (OSError, ValueError):
             return cls()
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        loaded = cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            loaded.state = TownState(loaded.state)
+        except ValueError:
+            loaded.state = TownState.STOPPED
+        return loaded
 
     def record_exit(self, reason: str, tail: list[str]) -> None:
         self.last_exit, self.last_exit_at, self.log_tail = reason, time.time(), tail

@@ -31,7 +31,7 @@ from .errors import AlreadyRunning, ConfigError, StartupError, TinytownError
 from .notify import Notifier
 from .paths import ProjectPaths
 from .redis_server import RedisProcess, ServerBinary, ShutdownRequest
-from .state import DaemonLock, DaemonState, daemon_pid
+from .state import DaemonLock, DaemonState, TownState, daemon_pid
 
 log = logging.getLogger("tinytownd")
 
@@ -81,7 +81,7 @@ class Supervisor:
         except TinytownError as err:
             self.notifier.status(f"failed: {err}")
             if self.lock.held:  # state.json belongs to whoever holds the lock
-                self._publish("failed", failure=str(err))
+                self._publish(TownState.FAILED, failure=str(err))
             if self.process is not None:
                 self.process.kill_group()
             self.lock.release()
@@ -117,7 +117,7 @@ class Supervisor:
             redis_server.remove_stale_socket(self.paths)
             self._launch(self.override(self.config.persistence))
         self.state.started_at = time.time()
-        self._publish("running")
+        self._publish(TownState.RUNNING)
         self.notifier.ready(self._summary())
         log.info(
             "ready on %s (redis-server %s, pid %d)",
@@ -128,7 +128,9 @@ class Supervisor:
 
     def _launch(self, wanted: Persistence, crash_restart: bool = False) -> None:
         assert self.binary is not None
-        self._publish("starting" if self.state.state != "restarting" else "restarting")
+        self._publish(
+            TownState.STARTING if self.state.state != TownState.RESTARTING else TownState.RESTARTING
+        )
         plan = durability.plan(self.paths)
         if plan.load_aof or plan.turned_on:
             self.tracker.aof_on()
@@ -217,7 +219,10 @@ class Supervisor:
                     self._save_state()
                 next_health = now + self.settings.health_interval
             if watchdog and now >= next_watchdog:
-                if self.state.state in ("running", "stopping") and self.health_misses == 0:
+                if (
+                    self.state.state in (TownState.RUNNING, TownState.STOPPING)
+                    and self.health_misses == 0
+                ):
                     self.notifier.watchdog()
                 next_watchdog = now + watchdog
 
@@ -227,14 +232,14 @@ class Supervisor:
                 return self._force_stop()
             if signum == signal.SIGHUP:
                 self._reload()
-            elif self.state.state != "stopping":
+            elif self.state.state != TownState.STOPPING:
                 code = self._begin_stop()
                 if code is not None:
                     return code
         return None
 
     def _health_check(self) -> None:
-        if self.client is None or self.process is None or self.state.state == "stopping":
+        if self.client is None or self.process is None or self.state.state == TownState.STOPPING:
             return
         if self.process.wait(0):
             return  # it has exited: the exit event, next, says why
@@ -291,7 +296,7 @@ class Supervisor:
         clean = popen.returncode == 0 if popen is not None else redis_log.said_goodbye(self.paths)
         self._unwatch()
         self._drop_shutdown()
-        if self.state.state == "stopping":
+        if self.state.state == TownState.STOPPING:
             return self._stopped(None if clean else f"redis-server {reason} while stopping")
         return self._crashed(reason)
 
@@ -309,13 +314,13 @@ class Supervisor:
                 f"redis-server crashed {len(self.crashes)} times in "
                 f"{self.settings.restart_window:g}s; last: {reason}"
             )
-            self._publish("failed", failure=failure)
+            self._publish(TownState.FAILED, failure=failure)
             self.notifier.status(f"failed: {failure}")
             log.error("giving up: %s", failure)
             return 1
         self.streak = decision.streak
         self.restart_at = now + decision.delay
-        self._publish("restarting")
+        self._publish(TownState.RESTARTING)
         self.notifier.status(f"restarting redis-server after it {reason}")
         return None
 
@@ -333,7 +338,7 @@ class Supervisor:
                 self.process.wait(5)
                 self._unwatch()
             return self._crashed(f"failed to restart: {err}")
-        self._publish("running")
+        self._publish(TownState.RUNNING)
         self.notifier.status(self._summary())
         log.info("redis-server restarted (pid %d)", self.process.pid if self.process else 0)
         return None
@@ -341,7 +346,10 @@ class Supervisor:
     # -- signals -----------------------------------------------------------
 
     def _reload(self) -> None:
+        """SIGHUP (``config set``, ``systemctl reload``): apply tinytown.toml, with this
+        run's ``--aof`` flags on top, and say in state.json that it is done."""
         self.notifier.reloading()
+        error = None
         try:
             self.config = config_module.load(self.paths.root)
             if self.client is not None and self.process is not None:
@@ -353,6 +361,9 @@ class Supervisor:
             log.info("reloaded %s", self.paths.config)
         except (ConfigError, StartupError, redis.RedisError) as err:
             log.error("reload failed, keeping the running settings: %s", err)
+            error = str(err)
+        self.state.reloaded_at, self.state.reload_error = time.time(), error
+        self._save_state()
         self.notifier.ready(self._summary())
 
     def _begin_stop(self) -> int | None:
@@ -360,7 +371,7 @@ class Supervisor:
         if self.process is None:
             return self._stopped(None)
         self.notifier.stopping()
-        self._publish("stopping")
+        self._publish(TownState.STOPPING)
         try:
             self.shutdown = ShutdownRequest(self.paths)
         except (redis.RedisError, OSError, TinytownError) as err:
@@ -379,7 +390,7 @@ class Supervisor:
     def _stop_refused(self, why: str) -> None:
         log.error("not stopping: %s", why)
         self.state.stop_failure, self.state.stop_failure_at = why, time.time()
-        self._publish("running")
+        self._publish(TownState.RUNNING)
         self.notifier.ready(self._summary())
 
     def _drop_shutdown(self) -> None:
@@ -408,12 +419,12 @@ class Supervisor:
             log.info("redis-server %s", how)
         durability.remove_leftovers(self.paths)
         self.state.redis_pid = None
-        self._publish("stopped", failure=failure)
+        self._publish(TownState.STOPPED, failure=failure)
         return 1 if failure else 0
 
     # -- reporting -------------------------------------------------------------
 
-    def _publish(self, state: str, failure: str | None = None) -> None:
+    def _publish(self, state: TownState, failure: str | None = None) -> None:
         self.state.state = state
         self.state.failure = failure
         self._save_state()

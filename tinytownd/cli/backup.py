@@ -44,7 +44,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     source = Path(args.file).resolve()
     if not source.is_file():
         raise ConfigError(f"{source} is not a file")
-    incoming = backup.check_rdb(config, source).keys
+    checked = backup.check_rdb(config, source)
+    incoming = checked.keys
     current = backup.current_keys(paths)
     replaces = (
         f"the running town's {current} keys"
@@ -63,7 +64,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             print("nothing changed")
             return 0
     rename = args.rename_town
-    restored = backup.restore(paths, config, source, rename)
+    restored = backup.restore(paths, config, source, rename, checked)
     line = f"restored {restored.keys} keys; previous data kept in {restored.backup}"
     if restored.renamed is not None:
         line += f"; renamed {len(restored.renamed.moved)} keys into town {config.name!r}" + (
