@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from support import client, project_dir, serving_pid, status, tinytownd, wait_until
 
-from tinytownd.backup import check_rdb
 from tinytownd.config import Config
+from tinytownd.daemon.backup import check_rdb
 
 
 def start(root: Path, *flags: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tinytownd.config import SupervisorSettings
-from tinytownd.restart_policy import after_crash
+from tinytownd.daemon.restart_policy import after_crash
 
 SETTINGS = SupervisorSettings(max_restarts=3, restart_window=60.0, backoff_max=1.0)
 

@@ -17,8 +17,8 @@ import pytest
 import redis
 from support import client, tinytownd
 
-from tinytownd import service
 from tinytownd.config import Config
+from tinytownd.daemon import service
 from tinytownd.paths import ProjectPaths
 
 

@@ -24,12 +24,13 @@ from typing import Any
 
 import redis
 
-from . import control, hashform, redis_server
+from . import hashform
 from .channel import Channel
 from .config import Config, load
+from .daemon import control, redis_admin
+from .daemon.state import daemon_pid
 from .models import Agent, Message, Task
 from .paths import ProjectPaths
-from .state import daemon_pid
 
 Progress = Callable[[str, float], None]
 
@@ -402,9 +403,9 @@ def supervisor_figures(progress: Progress, keys: int = 100_000) -> dict[str, Any
     ):
         progress(f"kill -9 recovery ({label})", 0.3)
         with throwaway_town() as paths:
-            client = redis_server.connect(paths, timeout=5)  # no retries: we time the gap
+            client = redis_admin.connect(paths, timeout=5)  # no retries: we time the gap
             if appendonly:
-                redis_server.apply_persistence(
+                redis_admin.apply_persistence(
                     client, Config(name="x").persistence.__class__(save="", appendonly=True), 30
                 )
             _load(client, count)

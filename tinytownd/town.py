@@ -13,7 +13,6 @@ from .channel import Channel
 from .config import Config
 from .paths import ProjectPaths
 from .peer import own_socket_client
-from .state import daemon_pid
 
 ClientT = TypeVar("ClientT")
 ChannelT = TypeVar("ChannelT")
@@ -23,10 +22,11 @@ def prepare(directory: str | Path, start: bool) -> tuple[Config, ProjectPaths]:
     """Read the project's config and, for a local town, start its daemon if needed."""
     paths = ProjectPaths.of(directory)
     config = config_module.load(paths.root)
-    if not config.remote_url and start and daemon_pid(paths) is None:
-        from . import control  # the daemon's side, loaded only to start one
+    if not config.remote_url and start:
+        from .daemon import control  # the one daemon module the client uses, and only here
 
-        control.start(paths, config)
+        if control.daemon_pid(paths) is None:
+            control.start(paths, config)
     return config, paths
 
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import backup, repair
+from ..daemon import backup, repair
 from ..errors import ConfigError
 from .common import command, emit, project
 

@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import compat, control
+from .. import compat
 from .. import config as config_module
 from ..config import APPENDFSYNC, Config
+from ..daemon import control
+from ..daemon.state import daemon_pid
 from ..errors import ConfigError
 from ..paths import ProjectPaths
-from ..state import daemon_pid
 from .common import command, emit, project, whole_number
 
 #: tt runs `redis-server --version` on every connect and wants at least this.
@@ -84,7 +85,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Config) -> int:
-    from ..supervisor import Supervisor
+    from ..daemon.supervisor import Supervisor
 
     logging.basicConfig(
         stream=sys.stderr,
@@ -106,7 +107,7 @@ def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Confi
 @command("env")
 def cmd_env(args: argparse.Namespace) -> int:
     """Shell lines that let tt find a redis-server >= 8.0 (it checks on every connect)."""
-    from .. import redis_server
+    from ..daemon import redis_server
 
     on_path = shutil.which("redis-server")
     version = redis_server.binary_version(on_path) if on_path else None

@@ -7,11 +7,11 @@ import shlex
 import sys
 from collections.abc import Callable
 
-from .. import control, service
 from ..config import Config
+from ..daemon import control, service
+from ..daemon.state import daemon_pid
 from ..errors import ConfigError, TinytownError
 from ..paths import ProjectPaths
-from ..state import daemon_pid
 from .common import command, project
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .paths import ProjectPaths
+from ..paths import ProjectPaths
 
 
 class TownState(StrEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .paths import ProjectPaths
+from ..paths import ProjectPaths
 
 #: Lines Redis writes when it loads a truncated AOF tail (and cuts it off).
 _TRUNCATION = ("short read while loading the AOF", "Truncating the AOF", "loaded anyway")

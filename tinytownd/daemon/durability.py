@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .paths import ProjectPaths
+from ..paths import ProjectPaths
 
 log = logging.getLogger("tinytownd")
 

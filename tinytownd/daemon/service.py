@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .config import Config
-from .paths import ProjectPaths
+from ..config import Config
+from ..paths import ProjectPaths
 
 MARKER = "Written by `tinytownd service install`"
 

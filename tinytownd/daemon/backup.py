@@ -21,13 +21,14 @@ from typing import Any
 
 import redis
 
-from . import control, migrate, redis_server
-from .channel import Channel
-from .config import Config
-from .errors import BackupError, NotRunningError, StartupError, TinytownError
-from .keys import LEGACY_KINDS
-from .migrate import MigrationReport
-from .paths import ProjectPaths
+from .. import migrate
+from ..channel import Channel
+from ..config import Config
+from ..errors import BackupError, NotRunningError, StartupError, TinytownError
+from ..keys import LEGACY_KINDS
+from ..migrate import MigrationReport
+from ..paths import ProjectPaths
+from . import control, redis_admin, redis_server
 from .state import DaemonState
 
 DEFAULT_FILE = "tinytown-state.rdb"
@@ -99,7 +100,7 @@ def _copy_atomically(source: Path, target: Path) -> int:
 
 
 def _client(paths: ProjectPaths) -> redis.Redis:
-    return redis_server.connect(paths, timeout=30)
+    return redis_admin.connect(paths, timeout=30)
 
 
 def save(paths: ProjectPaths, config: Config, target: Path, timeout: float = 600) -> Snapshot:

@@ -6,10 +6,10 @@ import re
 import shutil
 import subprocess
 
-from . import redis_server
-from .config import Config
-from .errors import RepairError, StartupError
-from .paths import ProjectPaths
+from ..config import Config
+from ..errors import RepairError, StartupError
+from ..paths import ProjectPaths
+from . import redis_admin, redis_server
 from .state import daemon_pid
 
 _SHRINK = re.compile(r"shrink the AOF (\S+) from (\d+) bytes, with (\d+) bytes, to (\d+) bytes")
@@ -21,7 +21,7 @@ def repair_aof(paths: ProjectPaths, config: Config) -> tuple[str, str]:
     Returns ``(what the checker did, where the untouched copy is)``. Everything from
     the first damaged record on is cut off, as ``redis-check-aof --fix`` does.
     """
-    if daemon_pid(paths) is not None or redis_server.identify(paths) is not None:
+    if daemon_pid(paths) is not None or redis_admin.identify(paths) is not None:
         raise RepairError("the town is running; stop it with `tinytownd stop` first")
     manifests = sorted(paths.aof_dir.glob("*.manifest"))
     if not manifests:

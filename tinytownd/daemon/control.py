@@ -16,18 +16,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from . import redis_server
-from .config import Config
-from .errors import (
+from ..config import Config
+from ..errors import (
     EXIT_ALREADY_RUNNING,
     ForeignSocketError,
     NotRunningError,
     StartupError,
     StopError,
 )
-from .paths import ProjectPaths
-from .redis_server import RedisProcess
+from ..paths import ProjectPaths
+from . import redis_admin
 from .state import DaemonState, daemon_pid
+
+__all__ = ["daemon_pid", "redact_url", "start", "status", "stop"]
 
 
 def start(
@@ -99,7 +100,7 @@ def _await_ready(
 
 
 def _wait_for_ping(paths: ProjectPaths, timeout: float) -> None:
-    client = redis_server.connect(paths, timeout=1.0)
+    client = redis_admin.connect(paths, timeout=1.0)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -144,16 +145,19 @@ def stop(paths: ProjectPaths, config: Config, force: bool = False) -> str:
         if recorded.state == "stopped" and recorded.failure:
             raise StopError(f"{recorded.failure}; writes since its last save may be lost")
         return f"stopped (daemon pid {pid})" + (" without saving" if force else "")
-    redis_pid = redis_server.identify(paths)
+    redis_pid = redis_admin.identify(paths)
     if redis_pid is None:
         return "not running"
+    # A Redis that outlived its daemon: only here does control need the process code.
+    from .redis_server import RedisProcess, shutdown
+
     process = RedisProcess(redis_pid)
     try:
         if force:
             process.kill_group()
             process.wait(5)
             return f"unsupervised redis-server (pid {redis_pid}) killed without saving"
-        redis_server.shutdown(paths, process, timeout)
+        shutdown(paths, process, timeout)
     finally:
         process.close()
     return f"unsupervised redis-server (pid {redis_pid}) saved and stopped"
@@ -162,7 +166,7 @@ def stop(paths: ProjectPaths, config: Config, force: bool = False) -> str:
 def _not_stopped(paths: ProjectPaths, timeout: float) -> str:
     """Why Redis is still up after ``timeout``, when the daemon could not tell us
     (its state file unwritable: a read-only or full disk)."""
-    client = redis_server.connect(paths, timeout=0.5)
+    client = redis_admin.connect(paths, timeout=0.5)
     try:
         client.ping()
         answers = True  # a Redis still in SHUTDOWN SAVE answers nothing
@@ -171,7 +175,7 @@ def _not_stopped(paths: ProjectPaths, timeout: float) -> str:
     finally:
         client.close()
     if answers:
-        return redis_server.refused_to_stop(paths, "it answers but did not stop")
+        return redis_admin.refused_to_stop(paths, "it answers but did not stop")
     return (
         f"redis-server is still saving after {timeout:g}s and keeps running, so nothing "
         "is lost; the daemon stops it once the save is done (see `tinytownd status`). "
@@ -182,7 +186,7 @@ def _not_stopped(paths: ProjectPaths, timeout: float) -> str:
 def _confirm_stopped(paths: ProjectPaths) -> None:
     """The daemon is gone; make sure its Redis is too before saying "stopped"."""
     try:
-        left = redis_server.identify(paths)
+        left = redis_admin.identify(paths)
     except ForeignSocketError:
         left = None  # not ours, not this town's Redis: status and start report it
     if left is not None:
@@ -194,7 +198,7 @@ def _confirm_stopped(paths: ProjectPaths) -> None:
 
 def unsaved(paths: ProjectPaths) -> str:
     """What ``stop --force`` would lose, in words, as far as Redis can still tell."""
-    client = redis_server.connect(paths, timeout=1.0)
+    client = redis_admin.connect(paths, timeout=1.0)
     try:
         info = client.info("persistence")
     except (redis.RedisError, OSError):
@@ -247,11 +251,11 @@ def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
 
 
 def _live(paths: ProjectPaths) -> dict[str, Any]:
-    client = redis_server.connect(paths, timeout=2.0)
+    client = redis_admin.connect(paths, timeout=2.0)
     try:
         server = client.info("server")
         info = client.info("persistence")
-        settings = redis_server.persistence_settings(client)
+        settings = redis_admin.persistence_settings(client)
     except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
         raise NotRunningError("Redis is not answering") from None
     finally:

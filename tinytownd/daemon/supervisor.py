@@ -24,13 +24,14 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from . import config as config_module
-from . import durability, redis_log, redis_server, restart_policy
-from .config import Config, Persistence
-from .errors import AlreadyRunning, ConfigError, StartupError, TinytownError
+from .. import config as config_module
+from ..config import Config, Persistence
+from ..errors import AlreadyRunning, ConfigError, StartupError, TinytownError
+from ..paths import ProjectPaths
+from . import durability, redis_admin, redis_log, redis_server, restart_policy
 from .notify import Notifier
-from .paths import ProjectPaths
-from .redis_server import RedisProcess, ServerBinary, ShutdownRequest
+from .redis_admin import ShutdownRequest
+from .redis_server import RedisProcess, ServerBinary
 from .state import DaemonLock, DaemonState, TownState, daemon_pid
 
 log = logging.getLogger("tinytownd")
@@ -106,13 +107,13 @@ class Supervisor:
         self.state.redis_binary = self.binary.path
         self.state.redis_binary_source = self.binary.source
         self.state.redis_version = self.binary.version
-        adopted = redis_server.identify(self.paths)
+        adopted = redis_admin.identify(self.paths)
         if adopted is not None:
             log.info("adopting running redis-server (pid %d)", adopted)
             self.state.restarts = DaemonState.load(self.paths).restarts
             self._watch(RedisProcess(adopted))
-            self.client = redis_server.connect(self.paths, self.settings.health_timeout)
-            self.live = redis_server.persistence_settings(self.client)
+            self.client = redis_admin.connect(self.paths, self.settings.health_timeout)
+            self.live = redis_admin.persistence_settings(self.client)
         else:
             redis_server.remove_stale_socket(self.paths)
             self._launch(self.override(self.config.persistence))
@@ -149,7 +150,7 @@ class Supervisor:
         try:
             if wanted.appendonly:
                 self.tracker.aof_on()  # before Redis writes a single AOF byte
-            redis_server.apply_persistence(client, wanted, self.settings.start_timeout)
+            redis_admin.apply_persistence(client, wanted, self.settings.start_timeout)
         finally:
             client.close()
         if not wanted.appendonly and not plan.load_aof:
@@ -160,7 +161,7 @@ class Supervisor:
         if warnings:
             log.warning("redis-server loaded its data with losses: %s", "; ".join(warnings))
         self.state.load_warnings = warnings
-        self.client = redis_server.connect(self.paths, self.settings.health_timeout)
+        self.client = redis_admin.connect(self.paths, self.settings.health_timeout)
         self.live = wanted
         self.health_misses = 0
         process.made_progress()  # the baseline for telling busy from hung
@@ -244,7 +245,7 @@ class Supervisor:
         if self.process.wait(0):
             return  # it has exited: the exit event, next, says why
         try:
-            self.live = redis_server.persistence_settings(self.client)
+            self.live = redis_admin.persistence_settings(self.client)
             if self.live.appendonly:
                 self.tracker.aof_on()
             elif self.tracker.needs_snapshot_info:
@@ -356,7 +357,7 @@ class Supervisor:
                 wanted = self.override(self.config.persistence)
                 if wanted.appendonly:
                     self.tracker.aof_on()
-                redis_server.apply_persistence(self.client, wanted, self.settings.start_timeout)
+                redis_admin.apply_persistence(self.client, wanted, self.settings.start_timeout)
                 self.live = wanted
             log.info("reloaded %s", self.paths.config)
         except (ConfigError, StartupError, redis.RedisError) as err:
@@ -385,7 +386,7 @@ class Supervisor:
         refusal = self.shutdown.refusal()
         self._drop_shutdown()
         if refusal is not None:  # else it is exiting: its exit ends the stop
-            self._stop_refused(redis_server.refused_to_stop(self.paths, refusal))
+            self._stop_refused(redis_admin.refused_to_stop(self.paths, refusal))
 
     def _stop_refused(self, why: str) -> None:
         log.error("not stopping: %s", why)

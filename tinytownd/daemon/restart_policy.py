@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import SupervisorSettings
+from ..config import SupervisorSettings
 
 #: A Redis that ran this long before dying counts as having served: no backoff.
 STABLE_AFTER = 1.0
