@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
 
 from . import ops
-from .channel import RETRYABLE
 from .models import Agent, Id, Message, Task, canonical_id
+from .ops import RETRYABLE
 from .peer import check_own
 from .town import TownCore, client_options, prepare
 
@@ -81,17 +81,7 @@ class Channel(ops.ChannelCore):
 
     async def run(self, op: ops.Op[ops.T]) -> ops.T:
         """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""
-        try:
-            step = next(op)
-            while True:
-                try:
-                    reply = await self._execute(step)
-                except Exception as error:  # handed to the operation, which may handle it
-                    step = op.throw(error)
-                    continue
-                step = op.send(reply)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        return await ops.run_async(op, self._execute)
 
     async def send(self, message: Message) -> None:
         await self.run(ops.send(self.keys, message))

@@ -17,8 +17,6 @@ from redis.client import NEVER_DECODE
 from . import ops
 from .models import Agent, Id, Message, Task, canonical_id
 
-RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
-
 
 class Channel(ops.ChannelCore):
     """Send and receive messages and keep agent and task state for one town.
@@ -49,7 +47,7 @@ class Channel(ops.ChannelCore):
         while True:
             try:
                 return self._execute_once(step)
-            except RETRYABLE:
+            except ops.RETRYABLE:
                 delay = ops.retry_delay(step, attempt)
                 if delay is None:
                     raise
@@ -195,7 +193,7 @@ class Subscription:
         while True:
             try:
                 event = self._pubsub.get_message(timeout=wait.left())
-            except RETRYABLE as error:
+            except ops.RETRYABLE as error:
                 time.sleep(wait.retry_after(error))
                 continue
             done, message = wait.handle(event)

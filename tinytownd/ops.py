@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -142,6 +142,9 @@ Step = Command | list[Command] | Pop | Pause
 T = TypeVar("T")
 Op = Generator[Step, Any, T]
 S = TypeVar("S", Agent, Task)
+
+#: The errors after which a command may be sent again: the connection broke or timed out.
+RETRYABLE = (RedisConnectionError, RedisTimeoutError)
 
 #: Pauses before each retry of a command whose connection failed: about 1.8 s in
 #: all, enough to ride through a crash-restart of the local Redis (milliseconds).
@@ -305,7 +308,7 @@ def receive_reliable(
                 inflight.payload = None
                 if raw is None and (deadline is None or deadline - time.monotonic() >= _MIN_BLOCK):
                     raw = yield Move(inbox, deadline, target=processing)
-            except (RedisConnectionError, RedisTimeoutError):
+            except RETRYABLE:
                 delay = backoff(attempt, deadline)
                 if delay is None:
                     raise
@@ -510,6 +513,21 @@ def all_states(keys: TownKeys, kind: type[S]) -> Op[Listing[S]]:
         except StateError as err:
             problems.append(str(err))
     return Listing(items, problems)
+
+
+async def run_async(op: Op[T], execute: Callable[[Step], Awaitable[Any]]) -> T:
+    """:func:`run_sync` for asyncio: the same loop, with the step awaited."""
+    try:
+        step = next(op)
+        while True:
+            try:
+                reply = await execute(step)
+            except Exception as error:  # handed to the operation, which may handle it
+                step = op.throw(error)
+                continue
+            step = op.send(reply)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
 
 
 def run_sync(op: Op[T], execute: Callable[[Step], Any]) -> T:

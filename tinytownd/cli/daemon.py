@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import logging
 import os
 import re
 import shutil
@@ -85,23 +83,9 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Config) -> int:
-    from ..daemon.supervisor import Supervisor
+    from ..daemon.supervisor import run_foreground
 
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format="%(asctime)s tinytownd[%(process)d] %(message)s",
-    )
-    os.umask(0o077)
-
-    def override(persistence: config_module.Persistence) -> config_module.Persistence:
-        return dataclasses.replace(
-            persistence,
-            appendonly=persistence.appendonly or args.aof,
-            appendfsync=args.appendfsync or persistence.appendfsync,
-        )
-
-    return Supervisor(paths, config, override, _override_args(args)).run()
+    return run_foreground(paths, config, args.aof, args.appendfsync, _override_args(args))
 
 
 @command("env")

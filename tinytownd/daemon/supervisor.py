@@ -19,6 +19,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -37,6 +38,32 @@ from .state import DaemonLock, DaemonState, TownState, daemon_pid
 log = logging.getLogger("tinytownd")
 
 PersistenceOverride = Callable[[Persistence], Persistence]
+
+
+def run_foreground(
+    paths: ProjectPaths,
+    config: Config,
+    aof: bool = False,
+    appendfsync: str | None = None,
+    start_args: Sequence[str] = (),
+) -> int:
+    """``tinytownd start --foreground``: log to stderr, keep files private, supervise
+    until stopped, with ``--aof`` / ``--appendfsync`` on top of tinytown.toml for this run."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s tinytownd[%(process)d] %(message)s",
+    )
+    os.umask(0o077)
+
+    def override(persistence: Persistence) -> Persistence:
+        return dataclasses.replace(
+            persistence,
+            appendonly=persistence.appendonly or aof,
+            appendfsync=appendfsync or persistence.appendfsync,
+        )
+
+    return Supervisor(paths, config, override, start_args).run()
 
 
 class Supervisor:
