@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinytownd import Agent, InvalidMessageError, Message, Priority, Task, TaskState
-from tinytownd.models import MESSAGE_TYPES
+from tinytownd.messages import MESSAGE_TYPES
 
 FIXTURES = Path(__file__).with_name("data") / "upstream-fixtures.tsv"
 KINDS = {"message": Message, "agent": Agent, "task": Task}

@@ -14,16 +14,8 @@ from .errors import (
     StateError,
     TinytownError,
 )
-from .models import (
-    Agent,
-    AgentState,
-    AgentType,
-    Message,
-    Priority,
-    SpawnMode,
-    Task,
-    TaskState,
-)
+from .messages import Message, Priority
+from .records import Agent, AgentState, AgentType, SpawnMode, Task, TaskState
 from .town import Town
 
 __all__ = [

@@ -19,10 +19,12 @@ import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
 
 from . import ops
-from .models import Agent, Id, Message, Task, canonical_id
+from .messages import Message
 from .ops import RETRYABLE
 from .peer import check_own
+from .records import Agent, Task
 from .town import TownCore, client_options, prepare
+from .wire import Id, canonical_id
 
 
 class Channel(ops.ChannelCore):

@@ -29,8 +29,9 @@ from .channel import Channel
 from .config import Config, load
 from .daemon import control, redis_admin
 from .daemon.state import daemon_pid
-from .models import Agent, Message, Task
+from .messages import Message
 from .paths import ProjectPaths
+from .records import Agent, Task
 
 Progress = Callable[[str, float], None]
 

@@ -15,7 +15,9 @@ import redis
 from redis.client import NEVER_DECODE
 
 from . import ops
-from .models import Agent, Id, Message, Task, canonical_id
+from .messages import Message
+from .records import Agent, Task
+from .wire import Id, canonical_id
 
 
 class Channel(ops.ChannelCore):

@@ -5,7 +5,7 @@ compact JSON, timestamps as RFC 3339 with ``+00:00`` and 0, 3, 6 or 9 fraction
 digits (what chrono's ``to_rfc3339`` writes). A null is a missing field, never an
 empty string. Reading is as lenient as upstream's: only ``id`` must parse; an
 unknown enum word becomes the default, a bad timestamp now, a bad counter 0, bad
-tags ``[]``. The JSON documents of :mod:`tinytownd.models` stay the in-between
+tags ``[]``. The JSON documents of :mod:`tinytownd.records` stay the in-between
 form, so both layouts share one set of checks.
 """
 
@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .errors import InvalidMessageError
-from .models import Agent, AgentState, AgentType, SpawnMode, Task, TaskState
+from .records import Agent, AgentState, AgentType, SpawnMode, Task, TaskState
 from .wire import dumps, format_time, now, parse_time
 
 #: Written on every save, in upstream's order.

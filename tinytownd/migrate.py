@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from . import hashform
 from .errors import StateError
 from .keys import PREFIX, TownKeys, legacy_target, validate_town_name
-from .models import Agent, Task
 from .ops import STATE_FORMS, Op, decode_state, scan
+from .records import Agent, Task
 
 Progress = Callable[["MigrationReport"], None]
 

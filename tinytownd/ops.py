@@ -27,7 +27,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import hashform
 from .errors import InvalidMessageError, StateError
 from .keys import TownKeys
-from .models import Agent, Id, Message, Task, canonical_id
+from .messages import Message
+from .records import Agent, Task
+from .wire import Id, canonical_id
 
 log = logging.getLogger("tinytownd.channel")
 

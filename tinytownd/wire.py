@@ -9,9 +9,10 @@ import json
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from .errors import InvalidMessageError
 
@@ -161,3 +162,47 @@ def build(cls: type[T], values: dict[str, Any]) -> T:
     instance = object.__new__(cls)
     instance.__dict__.update(values)
     return instance
+
+
+def coerce_enums(instance: object, **kinds: type[StrEnum]) -> None:
+    """Turn plain strings given for enum fields into the enum (InvalidMessageError if unknown)."""
+    for name, kind in kinds.items():
+        value = getattr(instance, name)
+        if not isinstance(value, kind):
+            try:
+                object.__setattr__(instance, name, kind(value))
+            except ValueError:
+                allowed = ", ".join(kind)
+                raise InvalidMessageError(f"{name}: {value!r} is not one of {allowed}") from None
+
+
+def canonical_ids(instance: object, *names: str) -> None:
+    """Store the named id fields (UUID objects or any UUID text) as canonical text."""
+    for name in names:
+        value = getattr(instance, name)
+        if value is not None:
+            object.__setattr__(instance, name, canonical_id(value, name))
+
+
+class Document:
+    """JSON text in and out, shared by every model: ``to_dict``/``from_dict`` are the
+    model's own, the rest is here once."""
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        """Parse one document; raise :class:`InvalidMessageError` saying what is wrong."""
+        return cls.from_dict(load(text, cls.__name__.lower()))
+
+    def evolve(self, **changes: Any) -> Self:
+        """A copy with some fields changed (the models are immutable)."""
+        return replace(self, **changes)  # type: ignore[type-var]

@@ -16,8 +16,9 @@ from .. import migrate as migrate_module
 from .. import ops
 from ..channel import Channel
 from ..errors import ConfigError, InvalidMessageError, NotRunningError
-from ..models import MESSAGE_TYPES, Message, Priority, canonical_id
+from ..messages import MESSAGE_TYPES, Message, Priority
 from ..town import Town
+from ..wire import canonical_id
 from .common import command, emit, project, whole_number
 
 NOBODY = "00000000-0000-0000-0000-000000000000"

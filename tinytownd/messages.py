@@ -1,0 +1,247 @@
+"""Messages between agents, and their JSON wire format (Rust tinytown 0.10's serde).
+
+Reading is strict about what the format requires and lenient where peers differ
+(timestamp precision and offsets, missing optional fields). Unknown fields from
+newer peers are kept in ``extra`` and written back, so a read-modify-write by us
+loses nothing. Ids are kept as canonical lowercase UUID text: that is what goes on
+the wire, and it spares a parse and a format per id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Self
+
+from .errors import InvalidMessageError
+from .wire import (
+    Document,
+    Id,
+    build,
+    canonical_id,
+    choice,
+    coerce_enums,
+    extra,
+    format_time,
+    ident,
+    new_id,
+    now,
+    opt_ident,
+    opt_text,
+    required,
+    text,
+    time_field,
+)
+
+
+class Priority(StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+    @property
+    def jumps_queue(self) -> bool:
+        """Urgent and high go to the front of the inbox (LPUSH), the rest to the back."""
+        return self in (Priority.HIGH, Priority.URGENT)
+
+
+_MESSAGE_KNOWN_BASE = frozenset(
+    {"id", "from", "to", "type", "priority", "created_at", "correlation_id"}
+)
+ACK_TYPES = frozenset({"received", "acknowledged", "thanks", "approved", "rejected"})
+
+#: Each message type's own fields, in wire order; ``None`` marks a nullable string.
+MESSAGE_TYPES: dict[str, tuple[tuple[str, type | None], ...]] = {
+    "task": (("description", str),),
+    "query": (("question", str),),
+    "informational": (("summary", str),),
+    "confirmation": (("ack_type", dict),),
+    "task_assign": (("task_id", str),),
+    "task_done": (("task_id", str), ("result", str)),
+    "task_failed": (("task_id", str), ("error", str)),
+    "status_request": (),
+    "status_response": (("state", str), ("current_task", None)),
+    "ping": (),
+    "pong": (),
+    "shutdown": (),
+    "custom": (("kind", str), ("payload", str)),
+}
+_MESSAGE_KNOWN_BY_TYPE = {
+    kind: _MESSAGE_KNOWN_BASE | {name for name, _ in spec} for kind, spec in MESSAGE_TYPES.items()
+}
+ACTIONABLE = frozenset(
+    {"task", "query", "task_assign", "status_request", "ping", "shutdown", "custom"}
+)
+
+
+def _check_ack(ack: Any) -> dict[str, Any]:
+    if not isinstance(ack, dict) or ack.get("type") not in ACK_TYPES:
+        raise InvalidMessageError(f"ack_type: expected {{'type': one of {sorted(ACK_TYPES)}}}")
+    if ack["type"] == "rejected" and not isinstance(ack.get("reason"), str):
+        raise InvalidMessageError("ack_type: a rejection needs a string 'reason'")
+    return ack
+
+
+def _body(kind: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        spec = MESSAGE_TYPES[kind]
+    except (KeyError, TypeError):
+        raise InvalidMessageError(f"unknown message type {kind!r:.60}") from None
+    body: dict[str, Any] = {}
+    for name, expected in spec:
+        if expected is None:
+            body[name] = opt_text(doc, name)
+        elif expected is dict:
+            body[name] = _check_ack(required(doc, name))
+        else:
+            body[name] = text(doc, name)
+    return body
+
+
+@dataclass(frozen=True)
+class Message(Document):
+    """One message between agents. Build it with a constructor such as :meth:`task`.
+
+    ``body`` holds the fields of its ``type`` (``description`` for a task, ...);
+    ``extra`` holds fields this version does not know, kept for round trips.
+    """
+
+    sender: str
+    to: str
+    type: str
+    body: dict[str, Any] = field(default_factory=dict)
+    priority: Priority = Priority.NORMAL
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=now)
+    correlation_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Only for instances built in Python; decoding checks fields and skips __init__.
+        coerce_enums(self, priority=Priority)
+
+    @classmethod
+    def create(
+        cls,
+        message_type: str,
+        sender: Id,
+        to: Id,
+        /,
+        priority: Priority | str = Priority.NORMAL,
+        correlation_id: Id | None = None,
+        **fields: Any,
+    ) -> Message:
+        """A new message of ``message_type``; ``fields`` are checked against that type."""
+        body = _body(message_type, fields)
+        if unknown := fields.keys() - body.keys():
+            known = ", ".join(body) or "no fields"
+            raise InvalidMessageError(
+                f"a {message_type} message takes {known}, not {', '.join(sorted(unknown))}"
+            )
+        return cls(
+            sender=canonical_id(sender, "from"),
+            to=canonical_id(to, "to"),
+            type=message_type,
+            body=body,
+            priority=Priority(priority),
+            correlation_id=None if correlation_id is None else canonical_id(correlation_id),
+        )
+
+    # One constructor per message type, so nobody writes JSON by hand.
+    @classmethod
+    def task(cls, sender: Id, to: Id, description: str, **kw: Any) -> Message:
+        return cls.create("task", sender, to, description=description, **kw)
+
+    @classmethod
+    def query(cls, sender: Id, to: Id, question: str, **kw: Any) -> Message:
+        return cls.create("query", sender, to, question=question, **kw)
+
+    @classmethod
+    def informational(cls, sender: Id, to: Id, summary: str, **kw: Any) -> Message:
+        return cls.create("informational", sender, to, summary=summary, **kw)
+
+    @classmethod
+    def confirmation(
+        cls, sender: Id, to: Id, ack: str, reason: str | None = None, **kw: Any
+    ) -> Message:
+        ack_type = {"type": ack} if reason is None else {"type": ack, "reason": reason}
+        return cls.create("confirmation", sender, to, ack_type=ack_type, **kw)
+
+    @classmethod
+    def task_assign(cls, sender: Id, to: Id, task_id: Id, **kw: Any) -> Message:
+        return cls.create("task_assign", sender, to, task_id=str(task_id), **kw)
+
+    @classmethod
+    def task_done(cls, sender: Id, to: Id, task_id: Id, result: str, **kw: Any) -> Message:
+        return cls.create("task_done", sender, to, task_id=str(task_id), result=result, **kw)
+
+    @classmethod
+    def task_failed(cls, sender: Id, to: Id, task_id: Id, error: str, **kw: Any) -> Message:
+        return cls.create("task_failed", sender, to, task_id=str(task_id), error=error, **kw)
+
+    @classmethod
+    def status_request(cls, sender: Id, to: Id, **kw: Any) -> Message:
+        return cls.create("status_request", sender, to, **kw)
+
+    @classmethod
+    def status_response(
+        cls, sender: Id, to: Id, state: str, current_task: Id | None = None, **kw: Any
+    ) -> Message:
+        task = None if current_task is None else str(current_task)
+        return cls.create("status_response", sender, to, state=state, current_task=task, **kw)
+
+    @classmethod
+    def ping(cls, sender: Id, to: Id, **kw: Any) -> Message:
+        return cls.create("ping", sender, to, **kw)
+
+    @classmethod
+    def pong(cls, sender: Id, to: Id, **kw: Any) -> Message:
+        return cls.create("pong", sender, to, **kw)
+
+    @classmethod
+    def shutdown(cls, sender: Id, to: Id, **kw: Any) -> Message:
+        return cls.create("shutdown", sender, to, **kw)
+
+    @classmethod
+    def custom(cls, sender: Id, to: Id, kind: str, payload: str, **kw: Any) -> Message:
+        return cls.create("custom", sender, to, kind=kind, payload=payload, **kw)
+
+    def reply(self, message_type: str, **fields: Any) -> Message:
+        """A message back to the sender, correlated with this one."""
+        return Message.create(message_type, self.to, self.sender, correlation_id=self.id, **fields)
+
+    @property
+    def is_actionable(self) -> bool:
+        return self.type in ACTIONABLE
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"id": self.id, "from": self.sender, "to": self.to, "type": self.type}
+        doc.update(self.body)
+        doc["priority"] = self.priority.value
+        doc["created_at"] = format_time(self.created_at)
+        doc["correlation_id"] = self.correlation_id
+        if self.extra:
+            doc.update(self.extra)
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Self:
+        kind = required(doc, "type")
+        body = _body(kind, doc)
+        return build(
+            cls,
+            {
+                "sender": ident(doc, "from"),
+                "to": ident(doc, "to"),
+                "type": kind,
+                "body": body,
+                "priority": choice(doc, "priority", Priority, Priority.NORMAL),
+                "id": ident(doc, "id"),
+                "created_at": time_field(doc, "created_at"),
+                "correlation_id": opt_ident(doc, "correlation_id"),
+                "extra": extra(doc, _MESSAGE_KNOWN_BY_TYPE[kind]),
+            },
+        )
