@@ -20,21 +20,16 @@ from tinytownd import Agent, Message, Priority
 from tinytownd.errors import StateError
 from tinytownd.keys import TownKeys
 from tinytownd.ops import (
-    RETRY_DELAYS,
     Inflight,
-    Move,
-    Pause,
-    Pop,
-    TakeNow,
     all_states,
     get_state,
     receive,
     receive_reliable,
-    retry_delay,
     send,
     send_urgent,
     set_state,
 )
+from tinytownd.steps import RETRY_DELAYS, Move, Pause, Pop, TakeNow, retry_delay
 
 KEYS = TownKeys("t")
 ME, YOU = str(uuid.uuid4()), str(uuid.uuid4())

@@ -18,11 +18,11 @@ import redis
 import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
 
-from . import ops
+from . import ops, steps
 from .messages import Message
-from .ops import RETRYABLE
 from .peer import check_own
 from .records import Agent, Task
+from .steps import RETRYABLE
 from .town import TownCore, client_options, prepare
 from .wire import Id, canonical_id
 
@@ -42,23 +42,23 @@ class Channel(ops.ChannelCore):
         super().__init__(town, town_broadcast, reliable, state)
         self.redis = client
 
-    async def _execute(self, step: ops.Step) -> Any:
+    async def _execute(self, step: steps.Step) -> Any:
         attempt = 0
         while True:
             try:
                 return await self._execute_once(step)
             except RETRYABLE:
-                delay = ops.retry_delay(step, attempt)
+                delay = steps.retry_delay(step, attempt)
                 if delay is None:
                     raise
                 attempt += 1
                 await asyncio.sleep(delay)
 
-    async def _execute_once(self, step: ops.Step) -> Any:
-        if isinstance(step, ops.Pause):
+    async def _execute_once(self, step: steps.Step) -> Any:
+        if isinstance(step, steps.Pause):
             await asyncio.sleep(step.seconds)
             return None
-        if isinstance(step, ops.Pop):
+        if isinstance(step, steps.Pop):
             reply_by = step.reply_by()
             if reply_by is None:
                 return step.value((await self._send(step.commands()))[-1])
@@ -72,7 +72,7 @@ class Channel(ops.ChannelCore):
             return await self._send(step)
         return await self.redis.execute_command(*step, **{NEVER_DECODE: True})
 
-    async def _send(self, commands: list[ops.Command]) -> list[Any]:
+    async def _send(self, commands: list[steps.Command]) -> list[Any]:
         """Replies to ``commands``, sent in one round trip."""
         if len(commands) == 1:
             return [await self.redis.execute_command(*commands[0], **{NEVER_DECODE: True})]
@@ -81,9 +81,9 @@ class Channel(ops.ChannelCore):
             pipe.execute_command(*command, **{NEVER_DECODE: True})
         return await pipe.execute()
 
-    async def run(self, op: ops.Op[ops.T]) -> ops.T:
+    async def run(self, op: steps.Op[steps.T]) -> steps.T:
         """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""
-        return await ops.run_async(op, self._execute)
+        return await steps.run_async(op, self._execute)
 
     async def send(self, message: Message) -> None:
         await self.run(ops.send(self.keys, message))

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 from redis.client import NEVER_DECODE
 
-from . import ops
+from . import ops, steps
 from .messages import Message
 from .records import Agent, Task
 from .wire import Id, canonical_id
@@ -44,29 +44,29 @@ class Channel(ops.ChannelCore):
         super().__init__(town, town_broadcast, reliable, state)
         self.redis = client
 
-    def _execute(self, step: ops.Step) -> Any:
+    def _execute(self, step: steps.Step) -> Any:
         attempt = 0
         while True:
             try:
                 return self._execute_once(step)
-            except ops.RETRYABLE:
-                delay = ops.retry_delay(step, attempt)
+            except steps.RETRYABLE:
+                delay = steps.retry_delay(step, attempt)
                 if delay is None:
                     raise
                 attempt += 1
                 time.sleep(delay)
 
-    def _execute_once(self, step: ops.Step) -> Any:
-        if isinstance(step, ops.Pause):
+    def _execute_once(self, step: steps.Step) -> Any:
+        if isinstance(step, steps.Pause):
             time.sleep(step.seconds)
             return None
-        if isinstance(step, ops.Pop):
+        if isinstance(step, steps.Pop):
             return step.value(self._send(step.commands(), step.reply_by())[-1])
         if isinstance(step, list):
             return self._send(step)
         return self.redis.execute_command(*step, **{NEVER_DECODE: True})
 
-    def _send(self, commands: list[ops.Command], reply_by: float | None = None) -> list[Any]:
+    def _send(self, commands: list[steps.Command], reply_by: float | None = None) -> list[Any]:
         """Replies to ``commands``, sent in one round trip; past ``reply_by`` (monotonic)
         without an answer, the connection is dropped and ``redis.TimeoutError`` raised."""
         if reply_by is not None and isinstance(self.redis, redis.Redis):
@@ -78,7 +78,7 @@ class Channel(ops.ChannelCore):
             pipe.execute_command(*command, **{NEVER_DECODE: True})
         return pipe.execute()
 
-    def _send_until(self, commands: list[ops.Command], reply_by: float) -> list[Any]:
+    def _send_until(self, commands: list[steps.Command], reply_by: float) -> list[Any]:
         # redis-py has no per-command read timeout, and the client's socket_timeout
         # would cut every blocking pop short; so wait for each reply ourselves.
         pool = self.redis.connection_pool
@@ -97,9 +97,9 @@ class Channel(ops.ChannelCore):
         finally:
             pool.release(connection)
 
-    def run(self, op: ops.Op[ops.T]) -> ops.T:
+    def run(self, op: steps.Op[steps.T]) -> steps.T:
         """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""
-        return ops.run_sync(op, self._execute)
+        return steps.run_sync(op, self._execute)
 
     def send(self, message: Message) -> None:
         """Queue ``message`` in its recipient's inbox (urgent/high at the front)."""
@@ -195,7 +195,7 @@ class Subscription:
         while True:
             try:
                 event = self._pubsub.get_message(timeout=wait.left())
-            except ops.RETRYABLE as error:
+            except steps.RETRYABLE as error:
                 time.sleep(wait.retry_after(error))
                 continue
             done, message = wait.handle(event)

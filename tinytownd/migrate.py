@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from . import hashform
 from .errors import StateError
 from .keys import PREFIX, TownKeys, legacy_target, validate_town_name
-from .ops import STATE_FORMS, Op, decode_state, scan
+from .ops import STATE_FORMS, decode_state, scan
 from .records import Agent, Task
+from .steps import Op
 
 Progress = Callable[["MigrationReport"], None]
 
