@@ -346,3 +346,47 @@ def test_a_client_pause_longer_than_the_hang_bound_is_not_a_hang(town: Path) -> 
     client(town).execute_command("CLIENT", "PAUSE", 3000, "ALL")
     time.sleep(3.2)
     assert serving_pid(town) == redis_pid and status(town)["restarts"] == 0
+
+
+def test_stop_saves_a_redis_that_outlived_its_daemon(town: Path) -> None:
+    fill(client(town), 500)
+    report = status(town)
+    daemon = psutil.Process(report["daemon_pid"])
+    daemon.kill()
+    psutil.wait_procs([daemon], timeout=5)
+    stopped = tinytownd("stop", "--dir", str(town))
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"unsupervised redis-server (pid {report['redis_pid']}) saved and stopped" in (
+        stopped.stdout
+    )
+    assert gone(report["redis_pid"])
+    assert tinytownd("start", "--dir", str(town)).returncode == 0
+    assert client(town).dbsize() == 500
+
+
+def gone(pid: int) -> bool:
+    """Exited: an orphan's zombie lingers where nothing reaps orphans (containers)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_stop_of_a_redis_that_outlived_its_daemon_and_cannot_save_keeps_it(tmp: Path) -> None:
+    with (
+        small_disk(tmp) as disk,
+        project_dir(disk, config=f'name = "orphan"\n{FAST_SUPERVISOR}stop_timeout = 2.0\n') as root,
+    ):
+        assert tinytownd("start", "--dir", str(root)).returncode == 0
+        fill(client(root), 20_000)
+        report = status(root)
+        daemon = psutil.Process(report["daemon_pid"])
+        daemon.kill()
+        psutil.wait_procs([daemon], timeout=5)
+        usage = os.statvfs(root)
+        (root / "filler").write_bytes(b"x" * (usage.f_bavail * usage.f_frsize))
+        refused = tinytownd("stop", "--dir", str(root))
+        assert refused.returncode == 1 and "could not save" in refused.stderr
+        assert client(root).dbsize() == 20_000  # still serving
+        (root / "filler").unlink()
+        assert tinytownd("stop", "--dir", str(root)).returncode == 0

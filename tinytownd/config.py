@@ -130,6 +130,17 @@ def _names_socket(url: str, socket: str) -> bool:
     return bool(path) and os.path.realpath(path) == os.path.realpath(socket)
 
 
+def needs_restart(key: str) -> bool:
+    """Whether a running town takes ``key`` only at its next restart: the Redis
+    server's own settings and the town's name; the daemon applies the rest live."""
+    return key == "name" or key.startswith("redis.")
+
+
+def read_by_clients(key: str) -> bool:
+    """Whether ``key`` is read by each Channel when it is made, not by the daemon."""
+    return key.startswith("channel.")
+
+
 def all_keys() -> list[str]:
     """Every dotted key a user can set, in file order."""
     return ["name"] + [

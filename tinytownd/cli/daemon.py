@@ -236,8 +236,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     config_module.save(paths.root, updated)
     applied = not updated.remote_url and control.apply_live(paths, updated)
     note = ""
-    if applied and args.key.startswith(("redis.", "name")):
+    if applied and config_module.needs_restart(args.key):
         note = " (takes effect at the next `tinytownd restart`)"
+    elif applied and config_module.read_by_clients(args.key):
+        note = " (channels opened from now on use it)"
     elif applied:
         note = " (applied to the running town)"
     print(f"{args.key} = {json.dumps(updated.get(args.key))}{note}")

@@ -24,7 +24,7 @@ from ..config import Config, Persistence, RedisSettings
 from ..errors import ForeignSocketError, StartupError, StopError
 from ..paths import ProjectPaths
 from . import redis_log
-from .redis_admin import connect, refused_to_stop
+from .redis_admin import ShutdownRequest, connect, refused_to_stop
 
 log = logging.getLogger("tinytownd")
 
@@ -314,18 +314,21 @@ def shutdown(paths: ProjectPaths, process: RedisProcess, timeout: float) -> None
     refuses (it could not save: a full disk, an I/O error) or is still saving after
     ``timeout`` seconds. Nothing here ever kills Redis: see :meth:`RedisProcess.kill_group`.
     """
-    client = connect(paths, timeout)
+    # The same request the daemon sends from its loop: one way to stop Redis.
+    deadline = time.monotonic() + timeout
     try:
-        client.execute_command("SHUTDOWN", "SAVE")
-    except redis.TimeoutError:
-        pass  # still saving: the wait below says so
-    except redis.ConnectionError:
-        pass  # Redis closes the connection as it exits
-    except redis.ResponseError as err:
-        raise StopError(refused_to_stop(paths, str(err))) from None
+        request = ShutdownRequest(paths)
+    except (redis.RedisError, OSError) as err:
+        raise StopError(f"cannot ask redis-server to save and stop: {err}") from None
+    try:
+        answered, _, _ = select.select([request.fileno(), process.fileno()], [], [], timeout)
+        if request.fileno() in answered:
+            refusal = request.refusal()
+            if refusal is not None:
+                raise StopError(refused_to_stop(paths, refusal))
     finally:
-        client.close()
-    if not process.wait(timeout):
+        request.close()
+    if not process.wait(max(0.0, deadline - time.monotonic())):
         raise StopError(
             f"redis-server (pid {process.pid}) is still saving after {timeout:g}s and keeps "
             "running, so nothing is lost; it exits once the save is done (see `tinytownd "
