@@ -16,7 +16,6 @@ from .. import compat
 from .. import config as config_module
 from ..config import APPENDFSYNC, Config
 from ..daemon import control
-from ..daemon.state import daemon_pid
 from ..errors import ConfigError
 from ..paths import ProjectPaths
 from .common import command, emit, project, whole_number
@@ -120,7 +119,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if _remote(config, "stop"):
         return 0
     force = getattr(args, "force", False)
-    if force and (daemon_pid(paths) is not None or paths.socket.exists()):
+    if force and control.liveness(paths).anything:
         print(f"town {config.name!r}: stopping without saving: {control.unsaved(paths)}")
     print(f"town {config.name!r}: {control.stop(paths, config, force=force)}")
     return 0

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +29,31 @@ from . import redis_admin
 from .state import DaemonState, daemon_pid
 
 __all__ = ["daemon_pid", "redact_url", "start", "status", "stop"]
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """The one answer to "is this town running?": who holds the daemon lock, and which
+    process the kernel says serves the town's socket (``identify``, never the server's
+    word)."""
+
+    daemon_pid: int | None
+    redis_pid: int | None
+
+    @property
+    def running(self) -> bool:
+        """Redis answers on the socket (with or without its daemon)."""
+        return self.redis_pid is not None
+
+    @property
+    def anything(self) -> bool:
+        """A daemon or a Redis of this town is alive: its files are in use."""
+        return self.daemon_pid is not None or self.redis_pid is not None
+
+
+def liveness(paths: ProjectPaths) -> Liveness:
+    """Raises :class:`ForeignSocketError` when the socket is not this town's Redis."""
+    return Liveness(daemon_pid(paths), redis_admin.identify(paths))
 
 
 def start(
@@ -145,7 +170,7 @@ def stop(paths: ProjectPaths, config: Config, force: bool = False) -> str:
         if recorded.state == "stopped" and recorded.failure:
             raise StopError(f"{recorded.failure}; writes since its last save may be lost")
         return f"stopped (daemon pid {pid})" + (" without saving" if force else "")
-    redis_pid = redis_admin.identify(paths)
+    redis_pid = liveness(paths).redis_pid
     if redis_pid is None:
         return "not running"
     # A Redis that outlived its daemon: only here does control need the process code.
@@ -186,7 +211,7 @@ def _not_stopped(paths: ProjectPaths, timeout: float) -> str:
 def _confirm_stopped(paths: ProjectPaths) -> None:
     """The daemon is gone; make sure its Redis is too before saying "stopped"."""
     try:
-        left = redis_admin.identify(paths)
+        left = liveness(paths).redis_pid
     except ForeignSocketError:
         left = None  # not ours, not this town's Redis: status and start report it
     if left is not None:

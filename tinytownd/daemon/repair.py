@@ -9,8 +9,7 @@ import subprocess
 from ..config import Config
 from ..errors import RepairError, StartupError
 from ..paths import ProjectPaths
-from . import redis_admin, redis_server
-from .state import daemon_pid
+from . import control, redis_server
 
 _SHRINK = re.compile(r"shrink the AOF (\S+) from (\d+) bytes, with (\d+) bytes, to (\d+) bytes")
 
@@ -21,7 +20,7 @@ def repair_aof(paths: ProjectPaths, config: Config) -> tuple[str, str]:
     Returns ``(what the checker did, where the untouched copy is)``. Everything from
     the first damaged record on is cut off, as ``redis-check-aof --fix`` does.
     """
-    if daemon_pid(paths) is not None or redis_admin.identify(paths) is not None:
+    if control.liveness(paths).anything:
         raise RepairError("the town is running; stop it with `tinytownd stop` first")
     manifests = sorted(paths.aof_dir.glob("*.manifest"))
     if not manifests:
