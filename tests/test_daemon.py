@@ -156,6 +156,8 @@ def test_too_many_crashes_give_up_as_failed_with_the_reason(tmp: Path) -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
+            # Ready first: Redis answers PING a moment before the daemon's start is done.
+            wait_until(lambda: status(root)["state"] == "running", what="the daemon ready")
             for _ in range(3):
                 os.kill(serving_pid(root), signal.SIGKILL)
                 wait_until(lambda: status(root)["state"] in ("running", "failed"), what="settle")

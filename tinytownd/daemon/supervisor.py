@@ -361,11 +361,14 @@ class Supervisor:
         except Exception as err:
             # Anything that keeps Redis from coming back (it died again, a full disk, a
             # socket in the way) is one more crash, retried with backoff: never our end.
+            reason = f"failed to restart: {err}"
             if self.process is not None:
+                if self.process.wait(0.5):  # it died while starting: say how, not what broke
+                    reason = f"{self.process.exit_reason()} while restarting ({err})"
                 self.process.kill_group()
                 self.process.wait(5)
                 self._unwatch()
-            return self._crashed(f"failed to restart: {err}")
+            return self._crashed(reason)
         self._publish(TownState.RUNNING)
         self.notifier.status(self._summary())
         log.info("redis-server restarted (pid %d)", self.process.pid if self.process else 0)
