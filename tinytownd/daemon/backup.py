@@ -120,6 +120,9 @@ def save(paths: ProjectPaths, config: Config, target: Path, timeout: float = 600
         # A save already under way may have started before we were asked: let it end.
         while _persistence(client)["rdb_bgsave_in_progress"]:
             _tick(deadline, timeout)
+        # The pool reconnects by itself: were Redis to crash and be restarted meanwhile,
+        # we would be polling a new server that never heard of our snapshot.
+        run_id = client.info("server")["run_id"]
         saves = int(_persistence(client)["rdb_saves"])
         try:
             client.execute_command("BGSAVE", "SCHEDULE")
@@ -128,6 +131,8 @@ def save(paths: ProjectPaths, config: Config, target: Path, timeout: float = 600
                 raise BackupError(f"Redis refused to snapshot: {err}") from None
         while True:
             info = _persistence(client)
+            if client.info("server")["run_id"] != run_id:
+                raise redis.ConnectionError("Redis restarted during the snapshot")
             if not info["rdb_bgsave_in_progress"]:
                 if int(info["rdb_saves"]) > saves:
                     break
