@@ -175,6 +175,8 @@ class Restored:
 
 def current_keys(paths: ProjectPaths) -> int | None:
     """How many keys the running town holds (all databases), or None if it is not running."""
+    if not control.liveness(paths).running:
+        return None
     client = _client(paths)
     try:
         return _total_keys(client)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
@@ -242,18 +243,16 @@ def unsaved(paths: ProjectPaths) -> str:
 def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
     """Everything ``tinytownd status`` shows, as plain data."""
     recorded = DaemonState.load(paths)
-    pid = daemon_pid(paths)
     report: dict[str, Any] = asdict(recorded)
-    report.update(
-        town=config.name,
-        dir=str(paths.root),
-        socket=str(paths.socket),
-        daemon_pid=pid,
-        supervised=pid is not None,
-        persistence=None,
-    )
+    report.update(town=config.name, dir=str(paths.root), socket=str(paths.socket), persistence=None)
     if config.remote_url:
-        report.update(state="remote", remote_url=redact_url(config.remote_url), socket=None)
+        report.update(
+            state="remote",
+            remote_url=redact_url(config.remote_url),
+            socket=None,
+            daemon_pid=None,
+            supervised=False,
+        )
         try:
             remote = redis.Redis.from_url(
                 config.remote_url, socket_connect_timeout=5, socket_timeout=5
@@ -262,16 +261,21 @@ def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
         except redis.RedisError as err:
             report["remote_error"] = str(err)
         return report
-    if pid is None:
-        report["state"] = "failed" if recorded.state == "failed" else "stopped"
-        report["redis_pid"] = None
-    try:
-        live = _live(paths)
-    except NotRunningError:
-        return report
-    report.update(live)
-    if pid is None:
-        report["state"] = "running"  # Redis outlived its daemon; `tinytownd start` adopts it
+    alive = liveness(paths)
+    report.update(
+        daemon_pid=alive.daemon_pid,
+        supervised=alive.daemon_pid is not None,
+        redis_pid=alive.redis_pid,
+    )
+    if alive.daemon_pid is None:
+        # Without a daemon, the state file is history: only the kernel's answer counts.
+        report["state"] = (
+            "running" if alive.running else "failed" if recorded.state == "failed" else "stopped"
+        )
+    if alive.running:
+        # Busy or going away: the daemon's own word above stands.
+        with contextlib.suppress(NotRunningError):
+            report.update(_live(paths))
     return report
 
 
@@ -287,7 +291,6 @@ def _live(paths: ProjectPaths) -> dict[str, Any]:
         client.close()
     last_save = info.get("rdb_last_save_time", 0)
     return {
-        "redis_pid": server.get("process_id"),
         "redis_version": server.get("redis_version"),
         "persistence": {
             **asdict(settings),
