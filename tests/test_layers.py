@@ -32,7 +32,7 @@ def loaded_by(statement: str) -> set[str]:
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
     )
-    return set(json.loads(done.stdout))
+    return set(json.loads(done.stdout.splitlines()[-1]))  # after whatever it printed
 
 
 def imports_of(module: str) -> set[str]:
@@ -91,3 +91,22 @@ def test_the_protocol_core_does_no_io_of_its_own(module: str) -> None:
     drivers = {f"tinytownd.{name}" for name in ("channel", "aio", "town")}
     assert not drivers & imported
     assert not {m for m in imported if m.startswith("tinytownd.daemon")}
+
+
+HEAVY = {"redis.client", "psutil", "asyncio"}
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_load_neither_redis_py_nor_psutil(flag: str) -> None:
+    statement = (
+        "import contextlib\nfrom tinytownd.cli import main\n"
+        f"with contextlib.suppress(SystemExit):\n    main([{flag!r}])"
+    )
+    assert loaded_by(statement) & HEAVY == set()
+
+
+def test_import_tinytownd_is_light_and_every_public_name_resolves() -> None:
+    assert loaded_by("import tinytownd") & HEAVY == set()
+    for name in tinytownd.__all__:
+        assert getattr(tinytownd, name) is not None
+    assert set(dir(tinytownd)) >= set(tinytownd.__all__)

@@ -24,6 +24,7 @@ from .errors import StartupError
 
 SOCKET_NAME = "redis.sock"
 STATE_DIR = ".tt"
+SNAPSHOT_FILE = "tinytown-state.rdb"  # what `tinytownd save` writes when given no --to
 MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .._version import __version__
 from ..errors import TinytownError
 from . import backup, bench, daemon, service, town
 from .common import COMMANDS
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tinytownd",
         description="Run and use a Tinytown town: a supervised Redis on ./redis.sock.",
     )
+    parser.add_argument("--version", action="version", version=f"tinytownd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -8,18 +8,25 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..daemon import backup, repair
 from ..errors import ConfigError
-from .common import command, emit, project
+from ..paths import SNAPSHOT_FILE
+from .common import command, emit, lazy, project
+
+if TYPE_CHECKING:
+    from ..daemon import backup, repair
+else:
+    backup = lazy("tinytownd.daemon.backup")
+    repair = lazy("tinytownd.daemon.repair")
 
 
 @command("save")
 def cmd_save(args: argparse.Namespace) -> int:
     paths, config = project(args)
-    target = Path(args.to) if args.to else paths.root / backup.DEFAULT_FILE
+    target = Path(args.to) if args.to else paths.root / SNAPSHOT_FILE
     if target.is_dir():
-        target = target / backup.DEFAULT_FILE
+        target = target / SNAPSHOT_FILE
     if not os.access(target.parent, os.W_OK):
         raise ConfigError(f"cannot write to {target.parent}: choose another --to")
     snapshot = backup.save(paths, config, target.resolve())
@@ -100,7 +107,7 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--to",
         metavar="FILE",
-        help=f"where to write it (default: {backup.DEFAULT_FILE} in the project)",
+        help=f"where to write it (default: {SNAPSHOT_FILE} in the project)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("restore", "replace the town's data with a snapshot from `tinytownd save`")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import bench
-from .common import command, emit, whole_number
+from .common import command, emit, lazy, whole_number
+
+if TYPE_CHECKING:
+    from .. import bench
+else:
+    bench = lazy("tinytownd.bench")
 
 
 def _progress(enabled: bool) -> bench.Progress:

@@ -11,14 +11,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import compat
 from .. import config as config_module
 from ..config import APPENDFSYNC, Config
-from ..daemon import control
 from ..errors import ConfigError
 from ..paths import ProjectPaths
-from .common import command, emit, project, whole_number
+from .common import command, emit, lazy, project, whole_number
+
+if TYPE_CHECKING:
+    from ..daemon import control
+else:
+    control = lazy("tinytownd.daemon.control")
 
 #: tt runs `redis-server --version` on every connect and wants at least this.
 TT_MIN_REDIS = (8, 0)

@@ -6,13 +6,18 @@ import argparse
 import shlex
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..config import Config
-from ..daemon import control, service
-from ..daemon.state import daemon_pid
 from ..errors import ConfigError, TinytownError
 from ..paths import ProjectPaths
-from .common import command, project
+from .common import command, lazy, project
+
+if TYPE_CHECKING:
+    from ..daemon import control, service
+else:
+    control = lazy("tinytownd.daemon.control")
+    service = lazy("tinytownd.daemon.service")
 
 
 @command("service")
@@ -33,7 +38,7 @@ def cmd_service(args: argparse.Namespace) -> int:
 def _install(unit: service.ServiceFile, paths: ProjectPaths, config: Config) -> int:
     if unit.path.exists() and not service.is_ours(unit.path):
         raise ConfigError(f"{unit.path} exists and was not written by tinytownd; not touching it")
-    if daemon_pid(paths) is not None:
+    if control.daemon_pid(paths) is not None:
         print(
             f"stopping the running town first, so {unit.manager} owns it: "
             f"{control.stop(paths, config)}"

@@ -8,18 +8,25 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
-
-from .. import migrate as migrate_module
-from .. import ops
-from ..channel import Channel
 from ..errors import ConfigError, InvalidMessageError, NotRunningError
 from ..messages import MESSAGE_TYPES, Message, Priority
-from ..town import Town
 from ..wire import canonical_id
-from .common import command, emit, project, whole_number
+from .common import command, emit, lazy, project, whole_number
+
+if TYPE_CHECKING:
+    import redis
+
+    from .. import migrate as migrate_module
+    from .. import ops
+    from .. import town as town_module
+    from ..channel import Channel
+else:
+    redis = lazy("redis")
+    migrate_module = lazy("tinytownd.migrate")
+    ops = lazy("tinytownd.ops")
+    town_module = lazy("tinytownd.town")
 
 NOBODY = "00000000-0000-0000-0000-000000000000"
 
@@ -31,7 +38,7 @@ def _channel(args: argparse.Namespace) -> Iterator[Channel]:
         raise NotRunningError(
             f"town {config.name!r} is not running; start it with `tinytownd start`"
         )
-    town = Town.connect(paths.root, start=False)
+    town = town_module.Town.connect(paths.root, start=False)
     try:
         yield town.channel()
     except redis.ConnectionError as err:

@@ -31,7 +31,6 @@ from ..paths import ProjectPaths
 from . import control, redis_admin, redis_server
 from .state import DaemonState
 
-DEFAULT_FILE = "tinytown-state.rdb"
 _KEYS_READ = re.compile(r"\[info\] (\d+) keys read")
 _EXPIRES = re.compile(r"\[info\] (\d+) expires")
 
