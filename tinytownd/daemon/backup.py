@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,11 +26,8 @@ from ..errors import BackupError, NotRunningError, StartupError, TinytownError
 from ..keys import LEGACY_KINDS
 from ..migrate import MigrationReport
 from ..paths import ProjectPaths
-from . import control, redis_admin, redis_server
+from . import control, engine, redis_admin
 from .state import DaemonState
-
-_KEYS_READ = re.compile(r"\[info\] (\d+) keys read")
-_EXPIRES = re.compile(r"\[info\] (\d+) expires")
 
 
 @dataclass(frozen=True)
@@ -56,26 +51,22 @@ class Snapshot:
     taken_at: float
 
 
-def check_rdb(config: Config, path: Path) -> RdbCount:
-    """Run Redis's RDB checker on a copy of ``path``; return what it counted or raise."""
-    binary = redis_server.find_binary(config)
+def check_rdb(paths: ProjectPaths, config: Config, path: Path) -> RdbCount:
+    """Run the town's server's RDB checker on a copy of ``path`` (the original may be
+    replaced while it runs); return what it counted or raise."""
+    binary = engine.find_binary(config, paths)
     with tempfile.TemporaryDirectory(prefix="ttc-") as scratch:
         copy = Path(scratch) / "check.rdb"
         shutil.copyfile(path, copy)
-        done = subprocess.run(
-            ["redis-check-rdb", str(copy)],
-            executable=binary.path,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        checked = engine.check(binary, copy)
+    if checked.foreign:
+        raise BackupError(
+            f"{binary.name} ({binary.path}) cannot read {path}: {checked.said}; it was "
+            "written by another server or a newer version (the file itself may be fine)"
         )
-    found = _KEYS_READ.search(done.stdout)
-    if done.returncode != 0 or found is None:
-        errors = [line for line in done.stdout.splitlines() if line.startswith("[offset")]
-        reason = errors[-1].split("] ", 1)[-1] if errors else "not an RDB file"
-        raise BackupError(f"{path} is not a valid Redis snapshot: {reason}")
-    expiring = _EXPIRES.search(done.stdout)
-    return RdbCount(int(found.group(1)), int(expiring.group(1)) if expiring else 0)
+    if not checked.readable or checked.keys is None:
+        raise BackupError(f"{path} is not a valid Redis snapshot: {checked.said}")
+    return RdbCount(checked.keys, checked.expiring)
 
 
 def _copy_atomically(source: Path, target: Path) -> int:
@@ -151,7 +142,7 @@ def save(paths: ProjectPaths, config: Config, target: Path, timeout: float = 600
     finally:
         client.close()
     size = _copy_atomically(live, target)
-    return Snapshot(target, size, check_rdb(config, target).keys, taken_at)
+    return Snapshot(target, size, check_rdb(paths, config, target).keys, taken_at)
 
 
 def _persistence(client: redis.Redis) -> dict[str, Any]:
@@ -202,7 +193,7 @@ def restore(
     ``"*"`` to pick the one other town found in the snapshot. ``checked``: what
     :func:`check_rdb` said of ``source``, if the caller already ran it.
     """
-    expected = checked or check_rdb(config, source)  # a caller that showed it has checked
+    expected = checked or check_rdb(paths, config, source)  # a caller that showed it has checked
     was_running = current_keys(paths) is not None
     # The town comes back with the durability it ran with, `start --aof ...` included.
     start_args = DaemonState.load(paths).start_args

@@ -290,8 +290,12 @@ def _live(paths: ProjectPaths) -> dict[str, Any]:
     finally:
         client.close()
     last_save = info.get("rdb_last_save_time", 0)
+    # Valkey reports the Redis version it is compatible with as redis_version.
+    name = str(server.get("server_name") or "redis")
+    version = server.get(f"{name}_version") or server.get("redis_version")
     return {
-        "redis_version": server.get("redis_version"),
+        "redis_version": version,
+        "server": f"{name.capitalize()} {version}",
         "persistence": {
             **asdict(settings),
             "rdb_last_save": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_save)),

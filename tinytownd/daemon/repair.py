@@ -9,7 +9,7 @@ import subprocess
 from ..config import Config
 from ..errors import RepairError, StartupError
 from ..paths import ProjectPaths
-from . import control, redis_server
+from . import control, engine
 
 _SHRINK = re.compile(r"shrink the AOF (\S+) from (\d+) bytes, with (\d+) bytes, to (\d+) bytes")
 
@@ -27,7 +27,7 @@ def repair_aof(paths: ProjectPaths, config: Config) -> tuple[str, str]:
         raise RepairError(f"no append-only file to repair in {paths.aof_dir}")
     backup = paths.new_backup_dir()
     shutil.copytree(paths.aof_dir, backup / paths.aof_dir.name)
-    binary = redis_server.find_binary(config)
+    binary = engine.find_binary(config, paths)
     done = subprocess.run(
         ["redis-check-aof", "--fix", str(manifests[0])],
         executable=binary.path,

@@ -36,6 +36,7 @@ class DaemonState:
     redis_binary: str = ""
     redis_binary_source: str = ""
     redis_version: str = ""
+    server: str = ""  # "Redis 8.2.3" or "Valkey 9.1.2"
     started_at: float | None = None
     last_exit: str | None = None
     last_exit_at: float | None = None

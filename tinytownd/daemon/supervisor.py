@@ -29,10 +29,11 @@ from .. import config as config_module
 from ..config import Config, Persistence
 from ..errors import AlreadyRunning, ConfigError, StartupError, TinytownError
 from ..paths import ProjectPaths
-from . import durability, redis_admin, redis_log, redis_server, restart_policy
+from . import durability, engine, redis_admin, redis_log, redis_server, restart_policy
+from .engine import ServerBinary
 from .notify import Notifier
 from .redis_admin import ShutdownRequest
-from .redis_server import RedisProcess, ServerBinary
+from .redis_server import RedisProcess
 from .state import DaemonLock, DaemonState, TownState, daemon_pid
 
 log = logging.getLogger("tinytownd")
@@ -130,10 +131,11 @@ class Supervisor:
         self.paths.rotate(self.paths.redis_log)  # ours alone now that we hold the lock
         self.paths.link_socket()
         self.paths.link_tt_socket()
-        self.binary = redis_server.find_binary(self.config)
+        self.binary = engine.find_binary(self.config, self.paths)
         self.state.redis_binary = self.binary.path
         self.state.redis_binary_source = self.binary.source
         self.state.redis_version = self.binary.version
+        self.state.server = self.binary.name
         adopted = redis_admin.identify(self.paths)
         if adopted is not None:
             log.info("adopting running redis-server (pid %d)", adopted)
@@ -144,6 +146,7 @@ class Supervisor:
         else:
             redis_server.remove_stale_socket(self.paths)
             self._launch(self.override(self.config.persistence))
+            engine.write_record(self.paths, self.binary)
         self.state.started_at = time.time()
         self._publish(TownState.RUNNING)
         self.notifier.ready(self._summary())
@@ -165,6 +168,7 @@ class Supervisor:
         if crash_restart and plan.turned_on and not wanted.appendonly:
             # A runtime `CONFIG SET appendonly yes` we had not seen yet: keep it.
             wanted = dataclasses.replace(wanted, appendonly=True)
+        engine.ensure_can_load(self.binary, self.paths)
         removed = durability.remove_leftovers(self.paths)
         if removed:
             log.info("removed partial files of a killed save: %s", ", ".join(removed))
