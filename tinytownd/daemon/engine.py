@@ -30,7 +30,7 @@ MIN_VERSION = (7, 0)
 _VERSION = re.compile(rb"^(Redis|Valkey) server v=(\d+)\.(\d+)\.(\d+)", re.IGNORECASE)
 #: What each server's RDB checker says when the format, not the file, is the problem.
 _FOREIGN_FORMAT = re.compile(
-    r"Wrong signature|Can't handle RDB format version \d+|requires config 'rdb-version-check"
+    r"Wrong signature|Can't handle RDB format version \d+|requires config 'rdb-version-check \w+'"
 )
 _KEYS_READ = re.compile(r"\[info\] (\d+) keys read")
 _EXPIRES = re.compile(r"\[info\] (\d+) expires")

@@ -64,9 +64,9 @@ def diagnose(lines: list[str], paths: ProjectPaths, exit_reason: str) -> str:
         )
     if any(mark in text for mark in _BAD_RDB):
         return (
-            f"redis-server cannot load {where}/dump.rdb (damaged or not a Redis "
-            "snapshot); nothing was changed. Restore a snapshot with `tinytownd restore "
-            f"FILE`, or move {where}/dump.rdb aside to start empty"
+            f"redis-server cannot load {where}/dump.rdb; nothing was changed. "
+            "`tinytownd restore FILE` loads a good snapshot (it keeps the current files "
+            f"in {where}/backup-<time>/); see {paths.redis_log} for what Redis said"
         )
     errors = [_message(line) for line in lines if " # " in line and "overcommit" not in line]
     last = errors[-1] if errors else (_message(lines[-1]) if lines else "no log output")
