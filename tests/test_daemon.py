@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+import pytest
 from conftest import FAST_SUPERVISOR
 from support import client, project_dir, serving_pid, status, tinytownd, wait_until
 
@@ -343,3 +344,23 @@ def test_config_set_leaves_the_start_flags_alone_and_rewrites_no_aof(project: Pa
     live = client(project).config_get("appendonly", "appendfsync")
     assert live == {"appendonly": "yes", "appendfsync": "always"}  # --aof kept, fsync changed
     assert client(project).info("persistence")["aof_rewrites"] == rewrites  # no off-and-on
+
+
+def test_without_pidfd_a_killed_child_is_reported_killed_not_exited_0(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """macOS has no pidfd: the exit watcher must leave the exit status to Popen."""
+    from tinytownd.daemon.redis_server import RedisProcess
+
+    monkeypatch.delattr(os, "pidfd_open", raising=False)
+    child = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    watched = RedisProcess(child.pid, child)
+    try:
+        assert not watched.wait(0.2)
+        os.kill(child.pid, signal.SIGKILL)
+        assert watched.wait(10)
+        assert watched.exit_reason() == "killed by SIGKILL"
+    finally:
+        child.kill()
+        child.wait()
+        watched.close()

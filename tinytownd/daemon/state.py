@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import time
@@ -11,7 +10,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from ..errors import StartupError
 from ..paths import ProjectPaths
+
+try:
+    import fcntl
+except ImportError:  # Windows: the Channel works there, the daemon does not
+    fcntl = None  # type: ignore[assignment]
+
+POSIX_ONLY = (
+    "the tinytownd daemon runs on Linux and macOS only; here, point the Channel at a "
+    "Redis you run (redis.url in tinytown.toml)"
+)
 
 
 class TownState(StrEnum):
@@ -87,6 +97,8 @@ class DaemonLock:
         self._fd: int | None = None
 
     def acquire(self) -> bool:
+        if fcntl is None:
+            raise StartupError(POSIX_ONLY)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -111,6 +123,8 @@ class DaemonLock:
 def daemon_pid(paths: ProjectPaths) -> int | None:
     """The pid of the live daemon holding the lock (0 if it has not written it yet),
     or None when no daemon runs."""
+    if fcntl is None:
+        return None
     try:
         fd = os.open(paths.lock, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
