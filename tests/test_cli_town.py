@@ -244,3 +244,20 @@ def test_send_urgent_lands_on_the_urgent_list_and_inbox_shows_it_first(town: Pat
     assert shown[2] == f"tt:demo:inbox:{to}: 0 message(s)"
     data = json.loads(tinytownd("inbox", to, "--json", "--dir", str(town)).stdout)
     assert data["length"] == 0 and data["urgent"]["length"] == 1
+
+
+def test_bench_commands_times_each_command_next_to_a_bare_python(tmp: Path) -> None:
+    result = tinytownd(
+        "bench", "--n", "100", "--commands", "--json", "--dir", str(tmp), timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    commands = json.loads(result.stdout)["commands"]
+    assert set(commands) == {
+        "python -c pass",
+        "tinytownd --help",
+        "tinytownd --version",
+        "tinytownd status",
+        "tinytownd start (to ready)",
+    }
+    assert all(ms > 0 for ms in commands.values())
+    assert not list(tmp.iterdir())

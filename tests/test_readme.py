@@ -21,3 +21,11 @@ def test_the_python_api_example_runs(project: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert tinytownd("status", "--dir", str(project)).returncode == 0
+
+
+def test_links_work_on_the_package_index_too() -> None:
+    """The index renders the README away from the repository: no relative links, and no
+    heading anchors (it gives headings no ids)."""
+    text = README.read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)]*)\)", text)
+    assert targets and all(t.startswith("https://") for t in targets), targets

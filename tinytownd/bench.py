@@ -356,11 +356,13 @@ def run(directory: str | None, n: int, progress: Progress) -> dict[str, Any]:
             for mode in ("sync", "asyncio")
         }
         info = unix.info("server")
+        name = str(info.get("server_name") or "redis")  # Valkey's redis_version is 7.2.4
+        version = info.get(f"{name}_version") or info["redis_version"]
         return {
             "machine": {
                 "cpus": os.cpu_count(),
                 "python": sys.version.split()[0],
-                "redis": info.get("redis_version"),
+                "redis": f"{name.capitalize()} {version}",
                 "hiredis": _has_hiredis(),
                 "n": n,
             },
@@ -422,6 +424,39 @@ def supervisor_figures(progress: Progress, keys: int = 100_000) -> dict[str, Any
         used = (after.user + after.system) - (before.user + before.system)
         figures["idle_cpu_percent"] = used / 30 * 100
         figures["idle_rss_mb"] = daemon.memory_info().rss / 2**20
+    return figures
+
+
+def command_figures(progress: Progress, rounds: int = 10) -> dict[str, float]:
+    """Wall time of CLI commands, as a shell runs them, next to a bare interpreter
+    start measured in the same run (the floor no command can beat)."""
+    cli = [sys.executable, "-m", "tinytownd"]
+
+    def wall(argv: list[str], cwd: Path) -> float:
+        began = time.perf_counter()
+        subprocess.run(argv, cwd=cwd, check=True, capture_output=True, timeout=120)
+        return (time.perf_counter() - began) * 1000
+
+    figures: dict[str, float] = {}
+    with throwaway_town() as paths:
+        for label, argv in (
+            ("python -c pass", [sys.executable, "-c", "pass"]),
+            ("tinytownd --help", [*cli, "--help"]),
+            ("tinytownd --version", [*cli, "--version"]),
+            ("tinytownd status", [*cli, "status"]),
+        ):
+            progress(label, 0.5)
+            figures[label] = statistics.median(wall(argv, paths.root) for _ in range(rounds))
+    starts = []
+    for i in range(rounds // 2):
+        progress("tinytownd start", 0.5 + i / rounds)
+        root = Path(tempfile.mkdtemp(prefix="ttb-", dir="/tmp"))
+        try:
+            starts.append(wall([*cli, "start"], root))  # returns once Redis answers PING
+        finally:
+            subprocess.run([*cli, "stop"], cwd=root, capture_output=True, timeout=120)
+            shutil.rmtree(root, ignore_errors=True)
+    figures["tinytownd start (to ready)"] = statistics.median(starts)
     return figures
 
 

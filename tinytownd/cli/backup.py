@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from ..lazyimport import lazy
 from ..paths import SNAPSHOT_FILE
-from .common import command, emit, lazy, project
+from .common import command, emit, project
 
 if TYPE_CHECKING:
     from ..daemon import backup, repair

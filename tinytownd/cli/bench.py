@@ -7,7 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .common import command, emit, lazy, whole_number
+from ..lazyimport import lazy
+from .common import command, emit, whole_number
 
 if TYPE_CHECKING:
     from .. import bench
@@ -48,7 +49,7 @@ def render(report: dict[str, Any]) -> str:
     )
     many = report["send_many"]
     lines = [
-        f"redis {machine['redis']}, Python {machine['python']}, {machine['cpus']} CPUs, "
+        f"{machine['redis']}, Python {machine['python']}, {machine['cpus']} CPUs, "
         f"hiredis {'on' if machine['hiredis'] else 'off'}, n={machine['n']}",
         "",
         "Unix socket",
@@ -69,6 +70,14 @@ def render(report: dict[str, Any]) -> str:
             f"p99 {e2e['round_trip_p99_us']:.0f} us; "
             f"{e2e['throughput_msgs_per_s']:,.0f} msgs/s one way"
         )
+    if "commands" in report:
+        lines += ["", "Commands (wall time, p50)", ""]
+        floor = report["commands"]["python -c pass"]
+        lines += [
+            f"{label:<28} {ms:6.0f} ms"
+            + (f"  ({ms / floor:.1f}x python -c pass)" if ms != floor else "")
+            for label, ms in report["commands"].items()
+        ]
     if "supervisor" in report:
         s = report["supervisor"]
         lines += [
@@ -88,6 +97,8 @@ def render(report: dict[str, Any]) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     progress = _progress(sys.stderr.isatty() and not args.json)
     report = bench.run(args.dir, args.n, progress)
+    if args.commands:
+        report["commands"] = bench.command_figures(progress)
     if args.supervisor:
         report["supervisor"] = bench.supervisor_figures(progress)
     if sys.stderr.isatty() and not args.json:
@@ -106,6 +117,11 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         type=whole_number(100),
         default=5000,
         help="operations per measurement (default 5000)",
+    )
+    p.add_argument(
+        "--commands",
+        action="store_true",
+        help="also time --help, --version, status and start as a shell runs them",
     )
     p.add_argument(
         "--supervisor",

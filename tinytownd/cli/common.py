@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 from .. import config as config_module
@@ -27,28 +24,6 @@ def command(name: str) -> Callable[[Handler], Handler]:
         return handler
 
     return register
-
-
-def lazy(name: str) -> ModuleType:
-    """The module ``name``, run on first attribute access rather than now.
-
-    Building the parser must not import redis-py, asyncio or psutil: ``--help`` and
-    ``--version`` would pay for them on every call. Callers bind the result under
-    ``if not TYPE_CHECKING`` so type checkers still see the real module.
-    """
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"no module named {name!r}")
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    parent, _, child = name.rpartition(".")
-    if parent:
-        setattr(sys.modules[parent], child, module)
-    return module
 
 
 def project(args: argparse.Namespace) -> tuple[ProjectPaths, Config]:

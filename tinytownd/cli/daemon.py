@@ -17,8 +17,9 @@ from .. import compat
 from .. import config as config_module
 from ..config import APPENDFSYNC, Config
 from ..errors import ConfigError
+from ..lazyimport import lazy
 from ..paths import ProjectPaths
-from .common import command, emit, lazy, project, whole_number
+from .common import command, emit, project, whole_number
 
 if TYPE_CHECKING:
     from ..daemon import control

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..errors import ConfigError, TinytownError
+from ..lazyimport import lazy
 from ..paths import ProjectPaths
-from .common import command, lazy, project
+from .common import command, project
 
 if TYPE_CHECKING:
     from ..daemon import control, service

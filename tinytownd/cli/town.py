@@ -11,9 +11,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, InvalidMessageError, NotRunningError
+from ..lazyimport import lazy
 from ..messages import MESSAGE_TYPES, Message, Priority
 from ..wire import canonical_id
-from .common import command, emit, lazy, project, whole_number
+from .common import command, emit, project, whole_number
 
 if TYPE_CHECKING:
     import redis

@@ -12,10 +12,8 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
-
-import redis
 
 from ..config import Config
 from ..errors import (
@@ -25,9 +23,17 @@ from ..errors import (
     StartupError,
     StopError,
 )
+from ..lazyimport import lazy
 from ..paths import ProjectPaths
-from . import redis_admin
 from .state import POSIX_ONLY, DaemonState, daemon_pid
+
+if TYPE_CHECKING:
+    import redis
+
+    from . import redis_admin
+else:  # `start` never talks to Redis itself: it spawns the daemon before paying for these
+    redis = lazy("redis")
+    redis_admin = lazy("tinytownd.daemon.redis_admin")
 
 __all__ = ["daemon_pid", "redact_url", "start", "status", "stop"]
 
