@@ -11,27 +11,31 @@ import os
 import socket
 import stat
 import time
-from typing import Any
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any
 
 from ..config import Persistence
 from ..errors import ForeignSocketError, StartupError
+from ..lazyimport import lazy
 from ..paths import ProjectPaths
-from ..peer import check_own, own_socket_client
 from . import redis_log
+
+if TYPE_CHECKING:
+    import redis
+
+    from .. import peer
+else:  # the daemon launches Redis before it needs these (see supervisor)
+    redis = lazy("redis")
+    peer = lazy("tinytownd.peer")
 
 
 def connect(paths: ProjectPaths, timeout: float | None = None) -> redis.Redis:
     """A client for the daemon's own checks: no retries, bounded waits."""
-    return own_socket_client(
+    return peer.own_socket_client(
         str(paths.client_socket),
         password=paths.read_password(),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
     )
 
 
@@ -105,7 +109,7 @@ def identify(paths: ProjectPaths) -> int | None:
         with socket.socket(socket.AF_UNIX) as probe:
             probe.settimeout(2.0)
             probe.connect(str(paths.client_socket))
-            peer = check_own(probe, str(paths.socket))
+            served_by = peer.check_own(probe, str(paths.socket))
     except (ConnectionRefusedError, FileNotFoundError):
         return None
     except OSError as err:
@@ -116,7 +120,7 @@ def identify(paths: ProjectPaths) -> int | None:
     except redis.TimeoutError:
         raise ForeignSocketError(
             f"{paths.socket} accepts connections but does not answer (a stopped or hung "
-            f"redis-server, pid {peer.pid}?); stop it and retry"
+            f"redis-server, pid {served_by.pid}?); stop it and retry"
         ) from None
     except redis.ConnectionError:
         return None
@@ -127,12 +131,12 @@ def identify(paths: ProjectPaths) -> int | None:
         ) from None
     finally:
         client.close()
-    if os.path.realpath(served_dir) != os.path.realpath(paths.state_dir) or peer.pid is None:
+    if os.path.realpath(served_dir) != os.path.realpath(paths.state_dir) or served_by.pid is None:
         raise ForeignSocketError(
-            f"{paths.socket} is served by another redis-server (pid {peer.pid}, dir "
+            f"{paths.socket} is served by another redis-server (pid {served_by.pid}, dir "
             f"{served_dir}); stop it or use another directory"
         )
-    return peer.pid
+    return served_by.pid
 
 
 def refused_to_stop(paths: ProjectPaths, error: str) -> str:
@@ -153,12 +157,12 @@ class ShutdownRequest:
     def __init__(self, paths: ProjectPaths) -> None:
         # Checked like every connection of ours; no read timeout: a save takes what it takes.
         # Held for our whole life: the client closes its pool when collected.
-        self.client = own_socket_client(
+        self.client = peer.own_socket_client(
             str(paths.client_socket),
             password=paths.read_password(),
             socket_timeout=None,
             socket_connect_timeout=5,
-            retry=Retry(NoBackoff(), 0),
+            retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
         )
         self.connection: Any = self.client.connection_pool.get_connection()
         self.connection.send_command("SHUTDOWN", "SAVE")

@@ -13,16 +13,22 @@ import stat
 import subprocess
 import threading
 import time
-
-import psutil
-import redis
+from typing import TYPE_CHECKING
 
 from ..config import Persistence, RedisSettings
 from ..errors import ForeignSocketError, StartupError, StopError
+from ..lazyimport import lazy
 from ..paths import ProjectPaths
 from . import redis_log
 from .engine import ServerBinary
 from .redis_admin import ShutdownRequest, connect, refused_to_stop
+
+if TYPE_CHECKING:
+    import psutil
+    import redis
+else:  # imported while the new Redis boots, not before it is spawned
+    psutil = lazy("psutil")
+    redis = lazy("redis")
 
 log = logging.getLogger("tinytownd")
 
@@ -112,12 +118,15 @@ class RedisProcess:
         # its Popen, which keeps the status for exit_reason(); an adopted Redis is not
         # our child, so psutil can only poll for it (and nobody here can reap it).
         read_end, write_end = os.pipe()
+        # Resolved here, not in the thread: psutil may still be a lazy module, and
+        # Python 3.11 does not load lazy modules safely from two threads at once.
+        no_such_process = psutil.NoSuchProcess
 
         def wait() -> None:
             if popen is not None:
                 popen.wait()
             else:
-                with contextlib.suppress(psutil.NoSuchProcess):
+                with contextlib.suppress(no_such_process):
                     psutil.Process(pid).wait()
             os.write(write_end, b"x")
             os.close(write_end)

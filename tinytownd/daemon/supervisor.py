@@ -22,12 +22,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-
-import redis
+from typing import TYPE_CHECKING
 
 from .. import config as config_module
 from ..config import Config, Persistence
 from ..errors import AlreadyRunning, ConfigError, StartupError, TinytownError
+from ..lazyimport import lazy
 from ..paths import ProjectPaths
 from . import durability, engine, redis_admin, redis_log, redis_server, restart_policy
 from .engine import ServerBinary
@@ -35,6 +35,13 @@ from .notify import Notifier
 from .redis_admin import ShutdownRequest
 from .redis_server import RedisProcess
 from .state import DaemonLock, DaemonState, TownState, daemon_pid
+
+if TYPE_CHECKING:
+    import redis
+else:
+    # redis-py (with asyncio) takes longer to import than Redis takes to start: the
+    # daemon spawns Redis first and imports it while Redis boots.
+    redis = lazy("redis")
 
 log = logging.getLogger("tinytownd")
 
