@@ -84,6 +84,22 @@ def test_a_damaged_aof_fails_with_the_repair_command_and_changes_nothing(project
     assert 0 < client(project).dbsize() < 50  # what came before the damage
 
 
+def test_repair_refuses_damage_it_cannot_cut_off_and_changes_nothing(project: Path) -> None:
+    (project / "tinytown.toml").write_text(f'name = "demo"\n{AOF_ALWAYS}')
+    town_with_data(project)
+    base = next((project / ".tt" / "appendonlydir").glob("*.base.rdb"))
+    damaged = bytearray(base.read_bytes())
+    damaged[20:30] = b"XXXXXXXXXX"  # inside the snapshot the AOF starts from
+    base.write_bytes(bytes(damaged))
+    before = fingerprint(project / ".tt" / "appendonlydir")
+
+    repaired = tinytownd("repair", "--dir", str(project))
+    assert repaired.returncode == 1
+    said = repaired.stderr.strip()
+    assert len(said.splitlines()) == 1 and base.name in said and "tinytownd restore" in said
+    assert fingerprint(project / ".tt" / "appendonlydir") == before
+
+
 def test_a_damaged_rdb_fails_with_what_to_do_and_changes_nothing(project: Path) -> None:
     town_with_data(project)
     assert tinytownd("start", "--dir", str(project)).returncode == 0
