@@ -11,6 +11,7 @@ import difflib
 import math
 import os
 import re
+import time
 import tomllib
 import typing
 from dataclasses import dataclass, field, is_dataclass
@@ -21,10 +22,10 @@ from urllib.parse import urlsplit
 import tomli_w
 
 from . import compat, trust
-from .errors import ConfigError
+from .errors import BrokenConfigError, ConfigError
 from .keys import validate_town_name
+from .paths import CONFIG_FILE
 
-CONFIG_FILE = "tinytown.toml"
 APPENDFSYNC = ("always", "everysec", "no")
 BROADCAST_SCOPES = ("global", "town")
 STATE_FORMS = ("hash", "json")
@@ -269,9 +270,11 @@ def load(project_dir: Path) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
         data = tomllib.loads(text)
+        config = from_mapping(data, default_name="", source=str(path), text=text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    config = from_mapping(data, default_name="", source=str(path), text=text)
+        raise BrokenConfigError(f"{path}: {err}") from None
+    except ConfigError as err:
+        raise BrokenConfigError(str(err)) from None
     config = dataclasses.replace(config, local_socket=str(project_dir.absolute() / "redis.sock"))
     if config.name:
         return config
@@ -295,16 +298,34 @@ def to_mapping(config: Config) -> dict[str, Any]:
     return data
 
 
+def set_aside_if_broken(project_dir: Path) -> Path | None:
+    """Rename a ``tinytown.toml`` that does not parse to ``tinytown.toml.broken-<time>``
+    (never delete it), so a fresh one can be written; returns the new name, if any."""
+    path = project_dir / CONFIG_FILE
+    try:
+        tomllib.loads(path.read_text(encoding="utf-8"))
+        return None
+    except FileNotFoundError:
+        return None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        kept = path.with_name(f"{CONFIG_FILE}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.rename(path, kept)
+        return kept
+
+
 def save(project_dir: Path, config: Config, extra: dict[str, Any] | None = None) -> Path:
     """Write ``tinytown.toml`` atomically (temp file, fsync, rename).
 
     Keys of the file we do not own (tt's, or ``extra``) are kept; ours are rewritten.
+    A file that does not parse is never silently dropped (see :func:`set_aside_if_broken`).
     """
     path = project_dir / CONFIG_FILE
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, tomllib.TOMLDecodeError):
+    except FileNotFoundError:
         document = {}
+    except tomllib.TOMLDecodeError as err:
+        raise BrokenConfigError(f"{path}: {err}") from None
     for key, value in [*(extra or {}).items(), *to_mapping(config).items()]:
         if isinstance(value, dict) and isinstance(document.get(key), dict):
             merged = {**document[key], **value}

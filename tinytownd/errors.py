@@ -20,6 +20,10 @@ class ConfigError(TinytownError):
     exit_code = 2
 
 
+class BrokenConfigError(ConfigError):
+    """``tinytown.toml`` does not parse, or holds a value that is not allowed."""
+
+
 class InvalidNameError(ConfigError):
     """A town name that would make Redis key patterns unsafe."""
 

@@ -24,8 +24,33 @@ from .errors import StartupError
 
 SOCKET_NAME = "redis.sock"
 STATE_DIR = ".tt"
+CONFIG_FILE = "tinytown.toml"
 SNAPSHOT_FILE = "tinytown-state.rdb"  # what `tinytownd save` writes when given no --to
 MAX_SOCKET_PATH = 103 if sys.platform == "darwin" else 107
+
+
+def find_town(start: str | os.PathLike[str]) -> Path | None:
+    """The nearest directory at or above ``start`` that holds a town, as git finds a
+    repository: one with a ``tinytown.toml``, or with a ``.tt/`` that tinytownd has run
+    (its ``daemon.lock`` or ``state.json``). Like git, the search stops where another
+    filesystem begins. None when there is no town above."""
+    here = Path(os.path.abspath(start))
+    try:
+        device = here.stat().st_dev
+    except OSError:
+        return None
+    for directory in (here, *here.parents):
+        try:
+            if directory.stat().st_dev != device:
+                return None
+        except OSError:
+            return None
+        state = directory / STATE_DIR
+        if (directory / CONFIG_FILE).is_file() or any(
+            (state / name).is_file() for name in ("daemon.lock", "state.json")
+        ):
+            return directory
+    return None
 
 
 def write_durably(target: Path, text: str) -> None:
@@ -89,7 +114,7 @@ class ProjectPaths:
 
     @property
     def config(self) -> Path:
-        return self.root / "tinytown.toml"
+        return self.root / CONFIG_FILE
 
     @property
     def socket(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -11,7 +12,7 @@ from redis.backoff import NoBackoff
 from . import config as config_module
 from .channel import Channel
 from .config import Config
-from .paths import ProjectPaths
+from .paths import ProjectPaths, find_town
 from .peer import own_socket_client
 
 ClientT = TypeVar("ClientT")
@@ -19,8 +20,9 @@ ChannelT = TypeVar("ChannelT")
 
 
 def prepare(directory: str | Path, start: bool) -> tuple[Config, ProjectPaths]:
-    """Read the project's config and, for a local town, start its daemon if needed."""
-    paths = ProjectPaths.of(directory)
+    """Find the town at or above ``directory`` (else ``directory`` itself), read its
+    config and, for a local town, start its daemon if needed."""
+    paths = ProjectPaths(find_town(directory) or Path(os.path.abspath(directory)))
     config = config_module.load(paths.root)
     if not config.remote_url and start:
         from .daemon import control  # the one daemon module the client uses, and only here

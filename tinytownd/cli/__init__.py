@@ -13,15 +13,19 @@ from .common import COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--dir", default=".", metavar="DIR", help="project directory (default: the current one)"
+    dir_help = (
+        "the town's directory (default: $TINYTOWN_DIR, else the nearest directory at or "
+        "above the current one with a tinytown.toml or a .tt/, else the current one)"
     )
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a --dir given before the command must survive the subcommand's parsing.
+    common.add_argument("--dir", default=argparse.SUPPRESS, metavar="DIR", help=dir_help)
     parser = argparse.ArgumentParser(
         prog="tinytownd",
         description="Run and use a Tinytown town: a supervised Redis on ./redis.sock.",
     )
     parser.add_argument("--version", action="version", version=f"tinytownd {__version__}")
+    parser.add_argument("--dir", default=None, metavar="DIR", help=dir_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..lazyimport import lazy
-from .common import command, emit, whole_number
+from .common import command, emit, town_dir, whole_number
 
 if TYPE_CHECKING:
     from .. import bench
@@ -96,7 +96,7 @@ def render(report: dict[str, Any]) -> str:
 @command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
     progress = _progress(sys.stderr.isatty() and not args.json)
-    report = bench.run(args.dir, args.n, progress)
+    report = bench.run(str(town_dir(args)), args.n, progress)
     if args.commands:
         report["commands"] = bench.command_figures(progress)
     if args.supervisor:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .. import config as config_module
 from ..config import Config
-from ..errors import ConfigError
-from ..paths import ProjectPaths
+from ..daemon.state import DaemonState, daemon_pid
+from ..errors import BrokenConfigError, ConfigError
+from ..paths import ProjectPaths, find_town
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
@@ -26,11 +31,40 @@ def command(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def project(args: argparse.Namespace) -> tuple[ProjectPaths, Config]:
-    paths = ProjectPaths.of(args.dir)
-    if not paths.root.is_dir():
-        raise ConfigError(f"{paths.root} is not a directory")
-    return paths, config_module.load(paths.root)
+def town_dir(args: argparse.Namespace, create: bool = False) -> Path:
+    """The directory a command acts on: ``--dir`` or ``$TINYTOWN_DIR`` exactly, else the
+    nearest town at or above the current directory, else the current directory."""
+    given = args.dir or os.environ.get("TINYTOWN_DIR")
+    if given:
+        root = Path(os.path.abspath(given))
+        if not root.is_dir():
+            if create:
+                return root
+            raise ConfigError(f"{root} is not a directory")
+        return root
+    return find_town(".") or Path.cwd()
+
+
+def project(
+    args: argparse.Namespace, running_fallback: bool = False
+) -> tuple[ProjectPaths, Config]:
+    """The town's paths and settings. With ``running_fallback`` (status, logs, stop,
+    config), a ``tinytown.toml`` that no longer parses is reported in one line and the
+    settings the running daemon read are used instead: a typo never locks anyone out."""
+    paths = ProjectPaths(town_dir(args))
+    try:
+        return paths, config_module.load(paths.root)
+    except BrokenConfigError as err:
+        settings = DaemonState.load(paths).settings if running_fallback else None
+        if not settings or daemon_pid(paths) is None:
+            raise
+        config = config_module.from_mapping(settings, default_name=paths.root.name)
+        print(
+            f"tinytownd: warning: {err}; using the settings the running town started with "
+            "(`tinytownd config set KEY VALUE` rewrites the file, keeping the broken one)",
+            file=sys.stderr,
+        )
+        return paths, dataclasses.replace(config, local_socket=str(paths.socket))
 
 
 def whole_number(minimum: int) -> Callable[[str], int]:

@@ -18,7 +18,7 @@ from .. import config as config_module
 from ..config import APPENDFSYNC, Config
 from ..errors import ConfigError
 from ..lazyimport import lazy
-from ..paths import ProjectPaths
+from ..paths import ProjectPaths, find_town
 from .common import command, emit, project, whole_number
 
 if TYPE_CHECKING:
@@ -32,11 +32,21 @@ TT_MIN_REDIS = (8, 0)
 
 @command("init")
 def cmd_init(args: argparse.Namespace) -> int:
-    paths = ProjectPaths.of(args.dir)
+    here = Path(os.path.abspath(args.dir or os.environ.get("TINYTOWN_DIR") or "."))
+    above = find_town(here)
+    if above is not None and above != here and not (args.dir or args.force):
+        raise ConfigError(
+            f"{here} is inside the town at {above}; to start a separate town here, run "
+            "`tinytownd init --dir .`"
+        )
+    paths = ProjectPaths(here)
     if paths.config.exists() and not args.force:
         raise ConfigError(f"{paths.config} already exists; use --force to overwrite it")
     name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", paths.root.name).strip("-") or "town"
     config = Config(name="x").replace("name", name)
+    kept = config_module.set_aside_if_broken(paths.root)  # only with --force: checked above
+    if kept:
+        print(f"the unreadable {paths.config.name} is kept as {kept}")
     try:
         # The keys tt needs to find this town on ./redis.sock rather than start its own.
         written = config_module.save(paths.root, config, compat.tt_keys_for_init())
@@ -127,7 +137,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 @command("stop")
 def cmd_stop(args: argparse.Namespace) -> int:
-    paths, config = project(args)
+    paths, config = project(args, running_fallback=True)
     if _remote(config, "stop"):
         return 0
     force = getattr(args, "force", False)
@@ -145,7 +155,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 @command("status")
 def cmd_status(args: argparse.Namespace) -> int:
-    paths, config = project(args)
+    paths, config = project(args, running_fallback=True)
     report = control.status(paths, config)
     if report["state"] == "remote":
         reach = report.get("remote_error") or f"reachable, redis {report['redis_version']}"
@@ -158,6 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1 if report.get("remote_error") else 0
     rows = [
         ("town", report["town"]),
+        ("dir", report["dir"]),
         (
             "state",
             report["state"]
@@ -212,7 +223,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 @command("logs")
 def cmd_logs(args: argparse.Namespace) -> int:
-    paths, _ = project(args)
+    paths, _ = project(args, running_fallback=True)
     path = paths.redis_log if args.redis else paths.daemon_log
     if not path.exists():
         print(f"no log yet at {path}")
@@ -232,7 +243,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 @command("config")
 def cmd_config(args: argparse.Namespace) -> int:
-    paths, config = project(args)
+    paths, config = project(args, running_fallback=True)
     if args.action == "get":
         keys = [args.key] if args.key else config_module.all_keys()
         values = {key: config.get(key) for key in keys}
@@ -245,6 +256,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     if not args.key or args.value is None:
         raise ConfigError("usage: tinytownd config set KEY VALUE")
     updated = config.replace(args.key, config_module.parse_value(args.key, args.value))
+    kept = config_module.set_aside_if_broken(paths.root)
+    if kept:
+        print(f"tinytownd: the unreadable file is kept as {kept}", file=sys.stderr)
     config_module.save(paths.root, updated)
     applied = not updated.remote_url and control.apply_live(paths, updated)
     note = ""

@@ -61,6 +61,9 @@ class DaemonState:
     reload_error: str | None = None
     #: The ``start`` flags this run was started with (``--aof`` ...), for restore.
     start_args: list[str] = field(default_factory=list)
+    #: The settings the daemon runs with (tinytown.toml as it read it, password left
+    #: out), so a broken file never locks anyone out of a running town.
+    settings: dict[str, Any] | None = None
 
     def save(self, paths: ProjectPaths) -> None:
         tmp = paths.state_file.with_suffix(".tmp")

@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import config as config_module
 from ..config import Config, Persistence
@@ -72,6 +72,13 @@ def run_foreground(
         )
 
     return Supervisor(paths, config, override, start_args).run()
+
+
+def running_settings(config: Config) -> dict[str, Any]:
+    """What state.json keeps of the settings: everything but secrets."""
+    settings = config_module.to_mapping(config)
+    settings.get("redis", {}).pop("password", None)
+    return settings
 
 
 class Supervisor:
@@ -138,6 +145,7 @@ class Supervisor:
         self.paths.rotate(self.paths.redis_log)  # ours alone now that we hold the lock
         self.paths.link_socket()
         self.paths.link_tt_socket()
+        self.state.settings = running_settings(self.config)
         self.binary = engine.find_binary(self.config, self.paths)
         self.state.redis_binary = self.binary.path
         self.state.redis_binary_source = self.binary.source
@@ -394,6 +402,7 @@ class Supervisor:
         error = None
         try:
             self.config = config_module.load(self.paths.root)
+            self.state.settings = running_settings(self.config)
             if self.client is not None and self.process is not None:
                 wanted = self.override(self.config.persistence)
                 if wanted.appendonly:

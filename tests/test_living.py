@@ -1,0 +1,86 @@
+"""Living with a town: found from any directory inside it, and never locked out by a typo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from support import client, status, tinytownd
+
+from tinytownd import Message, Town
+
+ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+
+
+def test_a_subdirectory_acts_on_the_town_above_it(town: Path) -> None:
+    deep = town / "src" / "agents"
+    deep.mkdir(parents=True)
+    report = json.loads(tinytownd("status", "--json", cwd=deep).stdout)
+    assert (report["dir"], report["state"]) == (str(town), "running")
+    sent = tinytownd("send", "--to", YOU, "--type", "ping", cwd=deep)
+    assert sent.returncode == 0, sent.stderr
+    assert client(town).llen(f"tt:demo:inbox:{YOU}") == 1
+    with Town.connect(deep, start=True) as found:
+        assert found.paths.root == town
+        found.channel().send(Message.ping(ME, YOU))
+    assert client(town).llen(f"tt:demo:inbox:{YOU}") == 2
+    assert not (deep / ".tt").exists() and not (deep / "tinytown.toml").exists()
+    refused = tinytownd("init", cwd=deep)
+    assert refused.returncode == 2 and f"inside the town at {town}" in refused.stderr
+    assert "--dir ." in refused.stderr
+
+
+def test_dir_and_tinytown_dir_pick_the_directory_exactly(town: Path, tmp: Path) -> None:
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    before = tinytownd("--dir", str(town), "status", "--json", cwd=elsewhere)
+    assert json.loads(before.stdout)["dir"] == str(town)  # --dir before the command
+    via_env = tinytownd("status", "--json", cwd=elsewhere, env={"TINYTOWN_DIR": str(town)})
+    assert json.loads(via_env.stdout)["state"] == "running"
+    here = tinytownd("status", "--json", "--dir", str(elsewhere), cwd=town)
+    assert json.loads(here.stdout)["dir"] == str(elsewhere)
+
+
+def test_start_with_no_town_above_creates_one_where_you_stand(tmp: Path) -> None:
+    fresh = tmp / "fresh"
+    fresh.mkdir()
+    try:
+        assert tinytownd("start", cwd=fresh).returncode == 0
+        assert status(fresh)["state"] == "running" and (fresh / "redis.sock").exists()
+    finally:
+        tinytownd("stop", cwd=fresh)
+
+
+BROKEN = 'name = "demo"\n[persistence\n'
+
+
+def test_a_broken_config_never_locks_you_out_of_a_running_town(town: Path) -> None:
+    client(town).set("kept", 1)
+    (town / "tinytown.toml").write_text(BROKEN)
+    for command in (["status"], ["logs"], ["config", "get", "persistence.appendfsync"]):
+        result = tinytownd(*command, "--dir", str(town))
+        assert result.returncode == 0, (command, result.stderr)
+        warning = result.stderr.strip()
+        assert len(warning.splitlines()) == 1 and str(town / "tinytown.toml") in warning
+    assert "state       running" in tinytownd("status", "--dir", str(town)).stdout
+
+    repaired = tinytownd("config", "set", "persistence.appendfsync", "always", "--dir", str(town))
+    assert repaired.returncode == 0, repaired.stderr
+    kept = list(town.glob("tinytown.toml.broken-*"))
+    assert len(kept) == 1 and kept[0].read_text() == BROKEN  # nothing of the user's lost
+    assert tinytownd("config", "get", "name", "--dir", str(town)).stderr == ""  # parses again
+    assert client(town).config_get("appendfsync") == {"appendfsync": "always"}
+
+    (town / "tinytown.toml").write_text(BROKEN)
+    stopped = tinytownd("stop", "--dir", str(town))
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert tinytownd("start", "--dir", str(town)).returncode == 2  # starting needs a good file
+    (town / "tinytown.toml").write_text('name = "demo"\n')
+    assert tinytownd("start", "--dir", str(town)).returncode == 0
+    assert client(town).get("kept") == b"1"
+
+
+def test_a_broken_config_of_a_stopped_town_is_an_error_naming_the_file(project: Path) -> None:
+    (project / "tinytown.toml").write_text(BROKEN)
+    result = tinytownd("status", "--dir", str(project))
+    assert result.returncode == 2 and str(project / "tinytown.toml") in result.stderr
