@@ -28,6 +28,10 @@ from tinytownd import Agent, AgentState, Message, Priority, StateError, Task, Ta
 ME = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b"
 
 
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
 class Blocking:
     """Runs an asyncio object's coroutines to completion, so one test body serves both."""
 
@@ -42,7 +46,7 @@ class Blocking:
         def call(*args: Any, **kwargs: Any) -> Any:
             result = attr(*args, **kwargs)
             if inspect.isawaitable(result):
-                result = self._runner.run(result)  # type: ignore[arg-type]
+                result = self._runner.run(_awaited(result))
             return (
                 Blocking(result, self._runner) if isinstance(result, aio.Subscription) else result
             )

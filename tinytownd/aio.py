@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Generator, Iterable
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -123,10 +123,10 @@ class Channel(ops.ChannelCore):
     async def broadcast(self, message: Message) -> int:
         return await self.run(ops.broadcast(self.keys, message))
 
-    async def subscribe(self) -> Subscription:
-        subscription = Subscription(self.redis, self.keys.broadcast)
-        await subscription.start()
-        return subscription
+    def subscribe(self) -> Subscribing:
+        """Listen to the town's broadcasts: ``async with ch.subscribe() as broadcasts:``,
+        or ``broadcasts = await ch.subscribe()`` (then ``await broadcasts.close()``)."""
+        return Subscribing(Subscription(self.redis, self.keys.broadcast))
 
     async def set_agent_state(self, agent: Agent) -> None:
         await self.run(ops.set_state(self.keys.agent(agent.id), agent, self.state_form))
@@ -205,6 +205,32 @@ class Subscription:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class Subscribing:
+    """What :meth:`Channel.subscribe` returns: await it, or use it with ``async with``;
+    either way the subscription is registered with Redis before you get it."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+
+    async def _started(self) -> Subscription:
+        await self._subscription.start()
+        return self._subscription
+
+    def __await__(self) -> Generator[Any, None, Subscription]:
+        return self._started().__await__()
+
+    async def __aenter__(self) -> Subscription:
+        return await self._started()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._subscription.close()
 
 
 class OwnSocketConnection(aioredis.UnixDomainSocketConnection):
