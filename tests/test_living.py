@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from support import client, status, tinytownd
@@ -84,3 +86,33 @@ def test_a_broken_config_of_a_stopped_town_is_an_error_naming_the_file(project: 
     (project / "tinytown.toml").write_text(BROKEN)
     result = tinytownd("status", "--dir", str(project))
     assert result.returncode == 2 and str(project / "tinytown.toml") in result.stderr
+
+
+def test_no_arguments_lists_the_commands_and_a_typo_gets_a_suggestion() -> None:
+    listed = tinytownd()
+    assert listed.returncode == 0 and "status" in listed.stdout and "start" in listed.stdout
+    typo = tinytownd("stauts")
+    assert typo.returncode == 2
+    assert typo.stderr.startswith("tinytownd: unknown command 'stauts'; did you mean 'status'")
+
+
+def test_status_exits_like_systemctl(project: Path) -> None:
+    assert tinytownd("status", "--dir", str(project)).returncode == 3  # stopped
+    assert tinytownd("start", "--dir", str(project)).returncode == 0
+    assert tinytownd("status", "--dir", str(project)).returncode == 0  # running
+
+
+def test_a_reader_that_leaves_early_ends_the_output_quietly(project: Path) -> None:
+    (project / ".tt").mkdir(mode=0o700)
+    (project / ".tt" / "daemon.log").write_text("a log line that goes on and on\n" * 50_000)
+    piped = subprocess.run(
+        f"{sys.executable} -m tinytownd logs -n 50000 --dir {project} | head -1; "
+        "exit ${PIPESTATUS[0]}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.stdout == "a log line that goes on and on\n"
+    assert piped.stderr == "" and piped.returncode == 141  # 128 + SIGPIPE, as cat

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tinytownd {__version__}")
     parser.add_argument("--dir", default=None, metavar="DIR", help=dir_help)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help_text, description=help_text)
@@ -39,10 +41,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """``unknown command 'stauts'; did you mean 'status'?`` for the first word that is
+    neither an option nor a command, or None."""
+    words = iter(argv)
+    for word in words:
+        if word == "--dir":
+            next(words, None)
+        elif not word.startswith("-"):
+            if word in COMMANDS:
+                return None
+            close = difflib.get_close_matches(word, sorted(COMMANDS), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            return f"unknown command {word!r}{hint} (`tinytownd --help` lists them)"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    unknown = _unknown_command(parser, argv)
+    if unknown:
+        print(f"tinytownd: {unknown}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    if args.command is None:  # no command: the list of them, as --help
+        parser.print_help()
+        return 0
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # `tinytownd logs | head -1`: the reader left; end quietly, as cat does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except TinytownError as err:
         print(f"tinytownd: {err}", file=sys.stderr)
         return err.exit_code

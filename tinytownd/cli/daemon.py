@@ -218,7 +218,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if report["log_tail"] and (report["failure"] or report["last_exit"]):
         text += "\nredis log:\n" + "\n".join(f"  {line}" for line in report["log_tail"])
     emit(args, report, text)
-    return 1 if report["state"] == "failed" else 0
+    # As systemctl status and pg_ctl status: 0 running, 3 stopped, 1 failed.
+    return {"failed": 1, "stopped": 3}.get(report["state"], 0)
 
 
 @command("logs")
