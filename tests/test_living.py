@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support import client, status, tinytownd
 
-from tinytownd import Message, Town
+from tinytownd import Agent, Message, Town
+from tinytownd.errors import UnknownAgentError
+from tinytownd.ops import resolve_agent
 
 ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 
@@ -116,3 +119,43 @@ def test_a_reader_that_leaves_early_ends_the_output_quietly(project: Path) -> No
     )
     assert piped.stdout == "a log line that goes on and on\n"
     assert piped.stderr == "" and piped.returncode == 141  # 128 + SIGPIPE, as cat
+
+
+def _agent(name: str, nickname: str | None = None, id_: str | None = None) -> Agent:
+    return Agent(name=name, cli="claude", nickname=nickname, **({"id": id_} if id_ else {}))
+
+
+def test_agents_resolve_by_uuid_name_nickname_or_short_id() -> None:
+    one = _agent("worker-1", "ada", "a1b2c3d4-0000-4000-8000-000000000001")
+    two = _agent("worker-2", "bob", "a1b2ffff-0000-4000-8000-000000000002")
+    agents = [one, two]
+    assert resolve_agent(agents, one.id.upper()) == one.id
+    assert resolve_agent(agents, "worker-1") == one.id
+    assert resolve_agent(agents, "bob") == two.id
+    assert resolve_agent(agents, "a1b2c3") == one.id
+    with pytest.raises(UnknownAgentError, match=r"names 2 agents: worker-1 \(a1b2c3d4\)"):
+        resolve_agent(agents, "a1b2")
+    with pytest.raises(UnknownAgentError, match="no agent named 'carol'"):
+        resolve_agent(agents, "carol")
+    with pytest.raises(UnknownAgentError):
+        resolve_agent(agents, "a1b")  # too short to be an id prefix
+
+
+def test_send_and_inbox_take_an_agent_by_name(town: Path) -> None:
+    worker = _agent("worker-1", "ada")
+    with Town.connect(town) as connected:
+        connected.channel().set_agent_state(worker)
+    sent = tinytownd("send", "--to", "worker-1", "--type", "task", "Fix it", "--dir", str(town))
+    assert sent.returncode == 0, sent.stderr
+    assert client(town).llen(f"tt:demo:inbox:{worker.id}") == 1
+    shown = tinytownd("inbox", "ada", "--json", "--dir", str(town))
+    assert json.loads(shown.stdout)["length"] == 1
+    unknown = tinytownd("send", "--to", "nobody", "--type", "ping", "--dir", str(town))
+    assert unknown.returncode == 2 and "no agent named 'nobody'" in unknown.stderr
+
+
+def test_send_refuses_a_field_the_type_does_not_have(town: Path) -> None:
+    result = tinytownd("send", "--to", YOU, "--type", "task", 'desc="Fix it"', "--dir", str(town))
+    assert result.returncode == 2
+    assert "has no field 'desc'" in result.stderr and "description=" in result.stderr
+    assert client(town).llen(f"tt:demo:inbox:{YOU}") == 0

@@ -152,6 +152,12 @@ class Channel(ops.ChannelCore):
         """Every task of the town (hash or JSON form); unreadable ones are logged."""
         return self.report(await self.tasks_listing())
 
+    async def resolve(self, agent: Id) -> str:
+        """The id of an agent given by UUID, name, nickname or a unique id prefix."""
+        if not isinstance(agent, str) or ops.looks_like_uuid(agent):
+            return canonical_id(agent)
+        return ops.resolve_agent((await self.agents_listing()).items, agent)
+
     async def agents_listing(self) -> ops.Listing[Agent]:
         """Every readable agent, and a line for each key that is not one."""
         return await self.run(ops.all_states(self.keys, Agent))

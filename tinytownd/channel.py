@@ -172,6 +172,12 @@ class Channel(ops.ChannelCore):
         """Every task of the town (hash or JSON form); unreadable ones are logged."""
         return self.report(self.tasks_listing())
 
+    def resolve(self, agent: Id) -> str:
+        """The id of an agent given by UUID, name, nickname or a unique id prefix."""
+        if not isinstance(agent, str) or ops.looks_like_uuid(agent):
+            return canonical_id(agent)
+        return ops.resolve_agent(self.agents_listing().items, agent)
+
     def agents_listing(self) -> ops.Listing[Agent]:
         """Every readable agent, and a line for each key that is not one."""
         return self.run(ops.all_states(self.keys, Agent))

@@ -66,5 +66,11 @@ class InvalidMessageError(TinytownError):
     """A document read from Redis is not a valid message, agent or task."""
 
 
+class UnknownAgentError(TinytownError):
+    """A name, nickname or short id that matches no agent of the town, or several."""
+
+    exit_code = 2
+
+
 class StateError(TinytownError):
     """Agent or task state stored in Redis cannot be read."""

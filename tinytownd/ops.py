@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError as RedisNoScriptError
 from redis.exceptions import ResponseError as RedisResponseError
 
 from . import hashform
-from .errors import InvalidMessageError, StateError
+from .errors import InvalidMessageError, StateError, UnknownAgentError
 from .keys import TownKeys
 from .messages import Message
 from .records import Agent, Task
@@ -384,3 +384,36 @@ def all_states(keys: TownKeys, kind: type[S]) -> Op[Listing[S]]:
         except StateError as err:
             problems.append(str(err))
     return Listing(items, problems)
+
+
+def looks_like_uuid(text: str) -> bool:
+    try:
+        canonical_id(text)
+    except InvalidMessageError:
+        return False
+    return True
+
+
+def resolve_agent(agents: Iterable[Agent], text: str) -> str:
+    """The id of the agent ``text`` names, as tinytown resolves it: a full UUID as it
+    is; otherwise the agent whose name or nickname is exactly ``text``, else the one whose
+    id starts with it (a short id). None or several is :class:`UnknownAgentError`."""
+    if looks_like_uuid(text):
+        return canonical_id(text)
+    agents = list(agents)
+    wanted = text.strip()
+    for matches in (
+        [a for a in agents if wanted in (a.name, a.nickname)],
+        [a for a in agents if len(wanted) >= 4 and a.id.startswith(wanted.lower())],
+    ):
+        if len(matches) == 1:
+            return matches[0].id
+        if matches:
+            listed = ", ".join(f"{a.name} ({a.id[:8]})" for a in matches[:6])
+            raise UnknownAgentError(
+                f"{text!r} names {len(matches)} agents: {listed}; use a longer id"
+            )
+    raise UnknownAgentError(
+        f"no agent named {text!r} (by name, nickname or id prefix) in this town; "
+        "`tinytownd agents` lists them"
+    )

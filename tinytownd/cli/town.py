@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,14 +49,29 @@ def _channel(args: argparse.Namespace) -> Iterator[Channel]:
         town.close()
 
 
-def _message(args: argparse.Namespace, to: str) -> Message:
+_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _message(args: argparse.Namespace, channel: Channel) -> Message:
+    """The message the arguments describe, its agents resolved by name, nickname or
+    short id as tinytown does (a UUID is taken as it is)."""
+    to = args.to if args.to == NOBODY else channel.resolve(args.to)
+    sender = args.sender if args.sender == NOBODY else channel.resolve(args.sender)
     spec = MESSAGE_TYPES[args.type]
     fields: dict[str, Any] = {}
     for item in args.fields:
         name, sep, value = item.partition("=")
         confirmation = {"ack", "reason"} if args.type == "confirmation" else set()
-        if sep and name in {field for field, _ in spec} | confirmation:
+        known = {field for field, _ in spec} | confirmation
+        if sep and name in known:
             fields[name] = value
+        elif sep and _FIELD_NAME.fullmatch(name):
+            # `desc="Fix it"` is a misspelt field, not a description that says "desc=..."
+            names = ", ".join(sorted(known)) or "no fields"
+            raise ConfigError(
+                f"--type {args.type} has no field {name!r} (its fields: {names}); to send "
+                f"that text, write {spec[0][0] if spec else 'FIELD'}={item!r}"
+            )
         elif len(spec) == 1 and spec[0][1] is str and not fields:
             fields[spec[0][0]] = item  # the one text field of task, query, informational...
         else:
@@ -71,7 +87,7 @@ def _message(args: argparse.Namespace, to: str) -> Message:
     try:
         return Message.create(
             args.type,
-            args.sender,
+            sender,
             to,
             priority=args.priority,
             correlation_id=args.correlation_id,
@@ -100,8 +116,8 @@ def describe(message: Message) -> str:
 
 @command("send")
 def cmd_send(args: argparse.Namespace) -> int:
-    message = _message(args, args.to)
     with _channel(args) as channel:
+        message = _message(args, channel)
         (channel.send_urgent if args.urgent else channel.send)(message)
     where = "the urgent list of " if args.urgent else ""
     emit(args, message.to_dict(), f"sent {message.type} {message.id} to {where}{message.to}")
@@ -110,8 +126,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 @command("broadcast")
 def cmd_broadcast(args: argparse.Namespace) -> int:
-    message = _message(args, args.to)
     with _channel(args) as channel:
+        message = _message(args, channel)
         receivers = channel.broadcast(message)
     emit(
         args,
@@ -140,10 +156,11 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     shown: dict[str, Any] = {}
     lines: list[str] = []
     with _channel(args) as channel:
+        agent = channel.resolve(args.agent)
         for name, dead, urgent in lists:
-            key = getattr(channel.keys, name)(args.agent)
+            key = getattr(channel.keys, name)(agent)
             length = channel.run(ops.list_len(key))
-            raw = channel.peek(args.agent, args.peek, dead=dead, urgent=urgent)
+            raw = channel.peek(agent, args.peek, dead=dead, urgent=urgent)
             rows: list[Any] = []
             if urgent and not length:
                 shown[name] = {"key": key, "length": 0, "messages": rows}
@@ -321,16 +338,16 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
             "--to",
             required=name == "send",
             default=NOBODY,
-            type=_uuid,
             metavar="AGENT",
-            help="recipient agent id" + ("" if name == "send" else " (default: the nil UUID)"),
+            help="recipient: an agent id, name, nickname or unique id prefix"
+            + ("" if name == "send" else " (default: the nil UUID)"),
         )
         p.add_argument(
             "--from",
             dest="sender",
             default=NOBODY,
-            type=_uuid,
-            help="sender agent id (default: the nil UUID)",
+            metavar="AGENT",
+            help="sender: an agent id, name, nickname or id prefix (default: the nil UUID)",
         )
         p.add_argument(
             "--type",
@@ -363,7 +380,7 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
                 help="queue on the agent's urgent list, taken before its inbox (tt send --urgent)",
             )
     p = add("inbox", "show an agent's urgent list and inbox (or dead letters), taking nothing")
-    p.add_argument("agent", type=_uuid, help="agent id")
+    p.add_argument("agent", help="an agent id, name, nickname or unique id prefix")
     p.add_argument(
         "--peek", type=whole_number(1), default=10, metavar="N", help="show N (default 10)"
     )
