@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -116,6 +117,7 @@ for name in ("geteuid", "getuid", "getpgid", "killpg", "pidfd_open", "fork"):
     if hasattr(os, name):
         delattr(os, name)
 import asyncio
+import json
 from tinytownd import Message, Town, aio
 me, you = {me!r}, {you!r}
 with Town.connect({root!r}) as town:
@@ -138,3 +140,31 @@ def test_the_channel_needs_nothing_the_daemon_needs(tmp: Path, remote_url: str) 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["sync", "[]"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "unset"),
+    [("REDIS_URL", "unset REDIS_URL"), ("TINYTOWN_REDIS_URL", "unset TINYTOWN_REDIS_URL")],
+)
+def test_every_command_says_which_variable_chose_the_remote_redis(
+    tmp: Path, remote_url: str, variable: str, unset: str
+) -> None:
+    (tmp / "tinytown.toml").write_text('name = "far"\n')
+    env = {variable: remote_url}
+    started = tinytownd("start", "--dir", str(tmp), env=env)
+    assert started.returncode == 0
+    assert f"(from ${variable})" in started.stdout and unset in started.stdout
+    assert PASSWORD not in started.stdout  # redacted
+    assert not (tmp / ".tt").exists()
+    sent = tinytownd("send", "--to", YOU, "--type", "ping", "--dir", str(tmp), env=env)
+    assert sent.returncode == 0 and f"(from ${variable})" in sent.stderr
+    shown = tinytownd("status", "--dir", str(tmp), env=env)
+    assert f"(from ${variable})" in shown.stdout
+
+
+def test_a_url_naming_the_towns_own_socket_is_the_local_town(project: Path) -> None:
+    env = {"REDIS_URL": f"unix://{project / 'redis.sock'}"}
+    assert tinytownd("start", "--dir", str(project), env=env).returncode == 0
+    assert json.loads(tinytownd("status", "--json", "--dir", str(project)).stdout)["state"] == (
+        "running"
+    )

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import tomli_w
 
@@ -96,12 +96,26 @@ class Config:
     @property
     def remote_url(self) -> str:
         """The Redis URL to use instead of a local server, or "" for the local one."""
-        url = (
-            self.redis.url
-            or os.environ.get("TINYTOWN_REDIS_URL", "")
-            or os.environ.get("REDIS_URL", "")
-        )
-        return "" if self.local_socket and _names_socket(url, self.local_socket) else url
+        return self._remote()[0]
+
+    @property
+    def remote_source(self) -> str:
+        """Which setting chose :attr:`remote_url`: ``redis.url in tinytown.toml``,
+        ``$TINYTOWN_REDIS_URL`` or ``$REDIS_URL`` ("" for the local town)."""
+        return self._remote()[1]
+
+    def _remote(self) -> tuple[str, str]:
+        for url, source in (
+            (self.redis.url, "redis.url in tinytown.toml"),
+            (os.environ.get("TINYTOWN_REDIS_URL", ""), "$TINYTOWN_REDIS_URL"),
+            (os.environ.get("REDIS_URL", ""), "$REDIS_URL"),
+        ):
+            if url:
+                # A URL naming the project's own socket is the local town.
+                if self.local_socket and _names_socket(url, self.local_socket):
+                    return "", ""
+                return url, source
+        return "", ""
 
     def get(self, key: str) -> Any:
         """The value of a dotted key such as ``persistence.appendonly``."""
@@ -342,3 +356,13 @@ def save(project_dir: Path, config: Config, extra: dict[str, Any] | None = None)
         os.fsync(out.fileno())
     os.replace(tmp, path)
     return path
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for printing."""
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.netloc.rsplit("@", 1)[1]
+        user = f"{parts.username}:" if parts.username else ":"
+        parts = parts._replace(netloc=f"{user}***@{host}")
+    return urlunsplit(parts)

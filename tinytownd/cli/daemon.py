@@ -72,9 +72,11 @@ def _remote(config: Config, verb: str) -> bool:
     """Say so and return True when the town uses a Redis reached by URL."""
     if not config.remote_url:
         return False
+    source = config.remote_source
+    unset = f"unset {source[1:]}" if source.startswith("$") else "remove redis.url"
     print(
         f"town {config.name!r} uses the Redis at {control.redact_url(config.remote_url)} "
-        f"(redis.url / TINYTOWN_REDIS_URL / REDIS_URL): nothing local to {verb}"
+        f"(from {source}): nothing local to {verb}; {unset} to run a local town here"
     )
     return True
 
@@ -162,7 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         rows = [
             ("town", report["town"]),
             ("state", "remote (nothing local to supervise)"),
-            ("redis", f"{report['remote_url']}: {reach}"),
+            ("redis", f"{report['remote_url']} (from {report['remote_source']}): {reach}"),
         ]
         emit(args, report, "\n".join(f"{key:<11} {value}" for key, value in rows))
         return 1 if report.get("remote_error") else 0

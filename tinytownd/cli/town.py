@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..config import redact_url
 from ..errors import ConfigError, InvalidMessageError, NotRunningError
 from ..lazyimport import lazy
 from ..messages import MESSAGE_TYPES, Message, Priority
@@ -39,6 +40,12 @@ def _channel(args: argparse.Namespace) -> Iterator[Channel]:
     if not config.remote_url and not paths.client_socket.exists():
         raise NotRunningError(
             f"town {config.name!r} is not running; start it with `tinytownd start`"
+        )
+    if config.remote_source.startswith("$"):  # an exported variable: easy to forget
+        print(
+            f"tinytownd: using the Redis at {redact_url(config.remote_url)} "
+            f"(from {config.remote_source})",
+            file=sys.stderr,
         )
     town = town_module.Town.connect(paths.root, start=False)
     try:

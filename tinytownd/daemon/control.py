@@ -13,9 +13,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
-from ..config import Config
+from ..config import Config, redact_url
 from ..errors import (
     EXIT_ALREADY_RUNNING,
     ForeignSocketError,
@@ -257,6 +256,7 @@ def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
         report.update(
             state="remote",
             remote_url=redact_url(config.remote_url),
+            remote_source=config.remote_source,
             socket=None,
             daemon_pid=None,
             supervised=False,
@@ -315,16 +315,6 @@ def _live(paths: ProjectPaths) -> dict[str, Any]:
             "loading": bool(info.get("loading")),
         },
     }
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for printing."""
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.netloc.rsplit("@", 1)[1]
-        user = f"{parts.username}:" if parts.username else ":"
-        parts = parts._replace(netloc=f"{user}***@{host}")
-    return urlunsplit(parts)
 
 
 def apply_live(paths: ProjectPaths, config: Config) -> bool:
