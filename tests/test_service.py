@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import client, tinytownd
+from support import client, serving_pid, status, tinytownd
 
 from tinytownd.config import Config
 from tinytownd.daemon import service
@@ -199,3 +199,59 @@ def test_fatal_config_error_exits_2_so_systemd_does_not_restart(project: Path) -
     (project / "tinytown.toml").write_text("[persistence]\nappendonly = maybe\n")
     result = tinytownd("start", "--foreground", "--dir", str(project))
     assert result.returncode == 2
+
+
+def fake_systemctl(bin_dir: Path, fails: str) -> Path:
+    """A stand-in ``systemctl`` that logs its calls and fails the ones matching ``fails``
+    (as a user manager without a session bus, or a unit that will not enable, would)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    log = bin_dir / "calls"
+    script = bin_dir / "systemctl"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {log}\n'
+        f'case "$*" in *{fails}*) echo "Failed to connect to bus" >&2; exit 1;; esac\n'
+        "exit 0\n"
+    )
+    script.chmod(0o755)
+    return log
+
+
+@pytest.mark.parametrize("fails", ["show-environment", "enable"])
+def test_a_failed_install_leaves_the_town_as_it_found_it(town: Path, tmp: Path, fails: str) -> None:
+    home = tmp / "home"
+    log = fake_systemctl(tmp / "bin", fails)
+    env = {
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "PATH": f"{tmp / 'bin'}:{os.environ['PATH']}",
+    }
+    pid = serving_pid(town)
+    client(town).set("kept", 1)
+    result = tinytownd("service", "install", "--systemd", "--dir", str(town), env=env)
+    unit = home / ".config" / "systemd" / "user" / "tinytownd-demo.service"
+    if fails == "show-environment":  # no bus: nothing stopped, the unit is left to enable later
+        assert result.returncode == 0, result.stderr
+        assert "not reachable" in result.stdout and "left as it is" in result.stdout
+        assert serving_pid(town) == pid and unit.exists()
+        assert "enable" not in log.read_text()
+    else:  # the manager refused: the town runs again, no unit is left behind
+        assert result.returncode == 1
+        assert "nothing was installed; the town runs again as before" in result.stderr
+        assert not unit.exists()
+        assert status(town)["state"] == "running"
+    assert client(town).get("kept") == b"1"
+
+
+def test_two_towns_with_one_name_never_share_a_unit(tmp: Path) -> None:
+    home = tmp / "home"
+    env = {"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "PATH": "/nonexistent"}
+    first, second = tmp / "a" / "demo", tmp / "b" / "demo"
+    for root in (first, second):
+        root.mkdir(parents=True)
+    assert tinytownd("service", "install", "--dir", str(first), env=env).returncode == 0
+    unit = home / ".config" / "systemd" / "user" / "tinytownd-demo.service"
+    before = unit.read_text()
+    clash = tinytownd("service", "install", "--dir", str(second), env=env)
+    assert clash.returncode == 2 and f"already runs the town in {first}" in clash.stderr
+    assert unit.read_text() == before

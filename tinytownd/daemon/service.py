@@ -102,6 +102,44 @@ def uninstall_steps(service: ServiceFile) -> list[list[str]]:
     return [["launchctl", "bootout", f"gui/{os.getuid()}/{service.name}"]]
 
 
+def reachable(service: ServiceFile) -> tuple[bool, str]:
+    """Whether the service manager answers here (a systemd user manager needs a login
+    session's bus: containers, SSH sessions and WSL often have none)."""
+    probe = (
+        ["systemctl", "--user", "show-environment"]
+        if service.manager == "systemd"
+        else ["launchctl", "print", f"gui/{os.getuid()}"]
+    )
+    if shutil.which(probe[0]) is None:
+        return False, f"{probe[0]} is not available here"
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return False, f"`{' '.join(probe)}` did not answer"
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()
+        why = said[-1] if said else f"exit {done.returncode}"
+        return False, f"the {service.manager} user manager is not reachable ({why})"
+    return True, ""
+
+
+def installed_for(path: Path) -> str | None:
+    """The town directory an installed unit or plist of ours runs, if it says."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if path.suffix == ".plist":
+        try:
+            return str(plistlib.loads(text.encode()).get("WorkingDirectory") or "") or None
+        except plistlib.InvalidFileException:
+            return None
+    for line in text.splitlines():
+        if line.startswith("WorkingDirectory="):
+            return line.split("=", 1)[1].replace("%%", "%")
+    return None
+
+
 def run_steps(steps: list[list[str]]) -> tuple[bool, str]:
     """Run the manager's commands if it is here; ``(done, what to tell the user)``."""
     if shutil.which(steps[0][0]) is None:
