@@ -73,7 +73,7 @@ setup(
     install_requires=[
         "redis>=5.0",
         "psutil>=5.9",
-        "tomli-w>=1.0",
+        "tomlkit>=0.12",  # edits tinytown.toml in place, keeping its comments
         *([SERVER] if with_server else []),
     ],
     cmdclass={"bdist_wheel": PlatformWheel},

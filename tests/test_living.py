@@ -159,3 +159,22 @@ def test_send_refuses_a_field_the_type_does_not_have(town: Path) -> None:
     assert result.returncode == 2
     assert "has no field 'desc'" in result.stderr and "description=" in result.stderr
     assert client(town).llen(f"tt:demo:inbox:{YOU}") == 0
+
+
+def test_init_writes_the_documented_default_and_config_set_keeps_every_comment(
+    tmp: Path,
+) -> None:
+    root = tmp / "commented"
+    root.mkdir()
+    assert tinytownd("init", "--dir", str(root)).returncode == 0
+    before = (root / "tinytown.toml").read_text().splitlines()
+    assert 'name = "commented"' in before and "use_central_redis = false" in before
+    assert sum(line.startswith("#") for line in before) > 20  # the documentation came too
+    (root / "tinytown.toml").write_text("\n".join(before) + "\n# my own note\n")
+
+    changed = tinytownd("config", "set", "persistence.appendonly", "true", "--dir", str(root))
+    assert changed.returncode == 0, changed.stderr
+    after = (root / "tinytown.toml").read_text().splitlines()
+    assert after[-1] == "# my own note"
+    differences = [(a, b) for a, b in zip(before, after, strict=False) if a != b]
+    assert differences == [("appendonly = false", "appendonly = true")]

@@ -95,8 +95,3 @@ def _tcp_url(tt: dict[str, Any], port: Any, password: str) -> str:
     scheme = "rediss" if tt.get("tls_enabled") else "redis"
     auth = f":{quote(password, safe='')}@" if password else ""
     return f"{scheme}://{auth}{tt.get('host', '127.0.0.1')}:{port}"
-
-
-def tt_keys_for_init() -> dict[str, Any]:
-    """What ``tinytownd init`` adds so that ``tt`` reads the file as this town."""
-    return {"use_central_redis": False, "redis": {"use_socket": True, "socket_path": "redis.sock"}}

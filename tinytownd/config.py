@@ -11,20 +11,23 @@ import difflib
 import math
 import os
 import re
+import stat
 import time
 import tomllib
 import typing
 from dataclasses import dataclass, field, is_dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import tomli_w
+import tomlkit
+import tomlkit.exceptions
 
 from . import compat, trust
 from .errors import BrokenConfigError, ConfigError
 from .keys import validate_town_name
-from .paths import CONFIG_FILE
+from .paths import CONFIG_FILE, write_durably
 
 APPENDFSYNC = ("always", "everysec", "no")
 BROADCAST_SCOPES = ("global", "town")
@@ -312,6 +315,17 @@ def to_mapping(config: Config) -> dict[str, Any]:
     return data
 
 
+def write_default(project_dir: Path, name: str) -> Path:
+    """Write the documented default ``tinytown.toml`` (the one shipped in
+    ``tinytownd/data``, every setting with its comment) for the town ``name``; it also
+    holds the keys tt needs to find this town on ./redis.sock rather than start its own."""
+    template = resources.files("tinytownd").joinpath("data/tinytown.toml").read_text()
+    text = template.replace('# name = "my-town"', f"name = {tomlkit.string(name).as_string()}", 1)
+    path = project_dir / CONFIG_FILE
+    write_durably(path, text, 0o644)
+    return path
+
+
 def set_aside_if_broken(project_dir: Path) -> Path | None:
     """Rename a ``tinytown.toml`` that does not parse to ``tinytown.toml.broken-<time>``
     (never delete it), so a fresh one can be written; returns the new name, if any."""
@@ -328,33 +342,38 @@ def set_aside_if_broken(project_dir: Path) -> Path | None:
 
 
 def save(project_dir: Path, config: Config, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``tinytown.toml`` atomically (temp file, fsync, rename).
+    """Write ``config`` into ``tinytown.toml`` atomically (temp file, fsync, rename).
 
-    Keys of the file we do not own (tt's, or ``extra``) are kept; ours are rewritten.
-    A file that does not parse is never silently dropped (see :func:`set_aside_if_broken`).
+    The file is edited in place: only values that change are rewritten, so comments,
+    order and keys we do not own (tt's, or ``extra``) stay as they are. A file that does
+    not parse is never dropped (see :func:`set_aside_if_broken`).
     """
     path = project_dir / CONFIG_FILE
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        document = tomlkit.parse(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        document = {}
-    except tomllib.TOMLDecodeError as err:
+        document = tomlkit.document()
+    except tomlkit.exceptions.TOMLKitError as err:
         raise BrokenConfigError(f"{path}: {err}") from None
     for key, value in [*(extra or {}).items(), *to_mapping(config).items()]:
-        if isinstance(value, dict) and isinstance(document.get(key), dict):
-            merged = {**document[key], **value}
-            if key in SECTIONS:  # ours, left out because unset: gone from the file too
-                for name in {f.name for f in dataclasses.fields(SECTIONS[key])} - value.keys():
-                    merged.pop(name, None)
-            document[key] = merged
-        else:
-            document[key] = value
-    tmp = path.with_name(f".{CONFIG_FILE}.tmp")
-    with open(tmp, "wb") as out:
-        tomli_w.dump(document, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+        if not isinstance(value, dict):
+            if document.get(key) != value:
+                document[key] = value
+            continue
+        if not isinstance(document.get(key), dict):
+            document[key] = tomlkit.table()
+        table = document[key]
+        for name, item in value.items():
+            if table.get(name) != item:
+                table[name] = item
+        if key in SECTIONS:  # ours, left out because unset: gone from the file too
+            for name in {f.name for f in dataclasses.fields(SECTIONS[key])} - value.keys():
+                table.pop(name, None)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)  # the user's file keeps its mode
+    except FileNotFoundError:
+        mode = 0o644
+    write_durably(path, tomlkit.dumps(document), mode)
     return path
 
 

@@ -53,11 +53,11 @@ def find_town(start: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def write_durably(target: Path, text: str) -> None:
+def write_durably(target: Path, text: str, mode: int = 0o600) -> None:
     """Replace ``target`` with ``text`` so that a crash leaves the old file or the new
     one, never a mix (temp file, fsync, rename); raises OSError."""
-    tmp = target.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    tmp = target.with_name(f".{target.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(text)
         out.flush()

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import compat
 from .. import config as config_module
 from ..config import APPENDFSYNC, Config
 from ..errors import ConfigError
@@ -43,13 +42,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     if paths.config.exists() and not args.force:
         raise ConfigError(f"{paths.config} already exists; use --force to overwrite it")
     name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", paths.root.name).strip("-") or "town"
-    config = Config(name="x").replace("name", name)
+    Config(name="x").replace("name", name)  # checks the name
     kept = config_module.set_aside_if_broken(paths.root)  # only with --force: checked above
     if kept:
         print(f"the unreadable {paths.config.name} is kept as {kept}")
     try:
-        # The keys tt needs to find this town on ./redis.sock rather than start its own.
-        written = config_module.save(paths.root, config, compat.tt_keys_for_init())
+        written = config_module.write_default(paths.root, name)
     except OSError as err:
         raise ConfigError(f"cannot write {paths.config}: {err.strerror}") from None
     _ensure_gitignore(paths.root / ".gitignore")
