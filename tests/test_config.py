@@ -94,11 +94,11 @@ def test_unsafe_town_names_are_refused(name: str) -> None:
         config.Config(name="ok").replace("name", name)
 
 
-def test_directory_name_that_is_not_a_town_name_asks_for_name(tmp: Path) -> None:
-    (tmp / "my town").mkdir()
-    result = tinytownd("start", "--dir", str(tmp / "my town"))
+def test_an_invalid_name_in_the_file_says_how_to_fix_it(tmp: Path) -> None:
+    (tmp / "tinytown.toml").write_text('name = "my town"\n')
+    result = tinytownd("start", "--dir", str(tmp))
     assert result.returncode == 2
-    assert "set name" in result.stderr
+    assert "invalid town name 'my town'" in result.stderr and str(tmp) in result.stderr
 
 
 def test_init_writes_a_valid_config_and_gitignore(tmp: Path) -> None:

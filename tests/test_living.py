@@ -12,6 +12,7 @@ from support import client, status, tinytownd
 
 from tinytownd import Agent, Message, Town
 from tinytownd.errors import UnknownAgentError
+from tinytownd.keys import town_name_for
 from tinytownd.ops import resolve_agent
 
 ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
@@ -178,3 +179,52 @@ def test_init_writes_the_documented_default_and_config_set_keeps_every_comment(
     assert after[-1] == "# my own note"
     differences = [(a, b) for a, b in zip(before, after, strict=False) if a != b]
     assert differences == [("appendonly = false", "appendonly = true")]
+
+
+@pytest.mark.parametrize(
+    ("directory", "town"),
+    [
+        ("projet café", "projet-cafe"),
+        ("日本", "xn--wgv71a"),
+        ("my project", "my-project"),
+        ("Straße", "xn--Strae-oqa"),
+        ("---", "town"),
+    ],
+)
+def test_any_directory_name_gives_a_town_name_and_no_letter_is_dropped(
+    directory: str, town: str
+) -> None:
+    assert town_name_for(directory) == town
+    if town.startswith("xn--"):  # punycode, as IDNA: the directory name reads back
+        assert town[4:].encode().decode("punycode") == directory
+
+
+def test_a_directory_with_a_space_and_accents_starts_and_says_its_name(tmp: Path) -> None:
+    root = tmp / "projet café"
+    root.mkdir()
+    try:
+        started = tinytownd("start", cwd=root)
+        assert started.returncode == 0, started.stderr
+        assert "town 'projet-cafe', named after the directory 'projet café'" in started.stdout
+        assert status(root)["town"] == "projet-cafe"
+    finally:
+        tinytownd("stop", cwd=root)
+
+
+def test_config_set_outside_any_town_writes_no_stray_file(tmp: Path) -> None:
+    stray = tmp / "not-a-town"
+    stray.mkdir()
+    result = tinytownd("config", "set", "persistence.appendonly", "true", cwd=stray)
+    assert result.returncode == 2 and "tinytownd init" in result.stderr
+    assert not list(stray.iterdir())
+
+
+def test_config_set_repairs_a_bad_value_in_a_stopped_towns_file(project: Path) -> None:
+    (project / "tinytown.toml").write_text('# mine\nname = "my town"\n[persistence]\nsave = ""\n')
+    refused = tinytownd("start", "--dir", str(project))
+    assert refused.returncode == 2 and "`tinytownd config set name my-town`" in refused.stderr
+    fixed = tinytownd("config", "set", "name", "my-town", "--dir", str(project))
+    assert fixed.returncode == 0, fixed.stderr
+    text = (project / "tinytown.toml").read_text()
+    assert text.startswith("# mine\n") and 'name = "my-town"' in text and 'save = ""' in text
+    assert tinytownd("start", "--dir", str(project)).returncode == 0

@@ -26,7 +26,7 @@ import tomlkit.exceptions
 
 from . import compat, trust
 from .errors import BrokenConfigError, ConfigError
-from .keys import validate_town_name
+from .keys import town_name_for, validate_town_name
 from .paths import CONFIG_FILE, write_durably
 
 APPENDFSYNC = ("always", "everysec", "no")
@@ -295,13 +295,7 @@ def load(project_dir: Path) -> Config:
     config = dataclasses.replace(config, local_socket=str(project_dir.absolute() / "redis.sock"))
     if config.name:
         return config
-    try:
-        return config.replace("name", default_name)
-    except ConfigError:
-        raise ConfigError(
-            f'directory name {default_name!r} is not a valid town name; set name = "..." '
-            f"in {path} (letters, digits, '.', '_', '-')"
-        ) from None
+    return config.replace("name", town_name_for(default_name))
 
 
 def to_mapping(config: Config) -> dict[str, Any]:
@@ -313,6 +307,30 @@ def to_mapping(config: Config) -> dict[str, Any]:
         if not data["redis"][key]:
             del data["redis"][key]
     return data
+
+
+def set_key(project_dir: Path, key: str, value: Any) -> Path:
+    """Write one checked setting into ``tinytown.toml`` in place, whatever else the file
+    holds: this is how a file with a bad value elsewhere gets repaired. A file that does
+    not parse at all must be set aside first (:func:`set_aside_if_broken`)."""
+    Config(name="x").replace(key, value)  # checks the key and the value alone
+    path = project_dir / CONFIG_FILE
+    try:
+        document = tomlkit.parse(path.read_text(encoding="utf-8"))
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        document, mode = tomlkit.document(), 0o644
+    except tomlkit.exceptions.TOMLKitError as err:
+        raise BrokenConfigError(f"{path}: {err}") from None
+    section, _, name = _split_key(key)
+    if not name:
+        document[section] = value
+    else:
+        if not isinstance(document.get(section), dict):
+            document[section] = tomlkit.table()
+        document[section][name] = value
+    write_durably(path, tomlkit.dumps(document), mode)
+    return path
 
 
 def write_default(project_dir: Path, name: str) -> Path:

@@ -19,6 +19,7 @@ their namespaced names for ``tinytownd migrate``.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from .errors import InvalidNameError
@@ -36,9 +37,27 @@ def validate_town_name(name: str) -> str:
     if not _TOWN_NAME.fullmatch(name):
         raise InvalidNameError(
             f"invalid town name {name!r}: use 1-64 letters, digits, '.', '_' or '-' "
-            "(no ':', '*', '?', '[' or spaces)"
+            f"(e.g. `tinytownd config set name {town_name_for(name)}`)"
         )
     return name
+
+
+def town_name_for(directory_name: str) -> str:
+    """The town name a directory gets when ``tinytown.toml`` names none.
+
+    Letters with accents lose the accent (``projet café`` -> ``projet-cafe``), other
+    runs of characters a name cannot hold become one ``-``; a name with letters outside
+    Latin script is encoded with punycode as IDNA does (``日本`` -> ``xn--wgv71a``), so
+    no letter is ever dropped and the directory name can be read back from it.
+    """
+    stripped = unicodedata.normalize("NFKD", directory_name)
+    stripped = "".join(c for c in stripped if not unicodedata.combining(c))
+    if stripped.isascii():
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", stripped).strip("-")[:64]
+        return name or "town"
+    encoded = directory_name.replace(" ", "-").encode("punycode").decode("ascii")
+    name = "xn--" + re.sub(r"[^A-Za-z0-9._-]+", "-", encoded).strip("-")
+    return name[:64]
 
 
 @dataclass(frozen=True, slots=True)

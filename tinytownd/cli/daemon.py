@@ -5,20 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import config as config_module
 from ..config import APPENDFSYNC, Config
-from ..errors import ConfigError
+from ..daemon.state import DaemonState, daemon_pid
+from ..errors import BrokenConfigError, ConfigError
+from ..keys import town_name_for
 from ..lazyimport import lazy
 from ..paths import ProjectPaths, find_town
-from .common import command, emit, project, whole_number
+from .common import command, emit, project, town_dir, whole_number
 
 if TYPE_CHECKING:
     from ..daemon import control
@@ -41,7 +43,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     paths = ProjectPaths(here)
     if paths.config.exists() and not args.force:
         raise ConfigError(f"{paths.config} already exists; use --force to overwrite it")
-    name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", paths.root.name).strip("-") or "town"
+    name = args.name or town_name_for(paths.root.name)
     Config(name="x").replace("name", name)  # checks the name
     kept = config_module.set_aside_if_broken(paths.root)  # only with --force: checked above
     if kept:
@@ -94,7 +96,20 @@ def cmd_start(args: argparse.Namespace) -> int:
     pid, already = control.start(paths, config, _override_args(args))
     state = "already running" if already else "started"
     print(f"tinytownd {state} (pid {pid}); Redis on {paths.socket}")
+    if not already and config.name != paths.root.name and not _names_itself(paths):
+        print(
+            f"town {config.name!r}, named after the directory {paths.root.name!r} (set "
+            "another with `tinytownd config set name NAME`)"
+        )
     return 0
+
+
+def _names_itself(paths: ProjectPaths) -> bool:
+    """Whether tinytown.toml sets the name (then it is the user's choice, not ours)."""
+    try:
+        return "name" in tomllib.loads(paths.config.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
 
 
 def _run_foreground(args: argparse.Namespace, paths: ProjectPaths, config: Config) -> int:
@@ -244,23 +259,46 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 @command("config")
 def cmd_config(args: argparse.Namespace) -> int:
-    paths, config = project(args, running_fallback=True)
-    if args.action == "get":
-        keys = [args.key] if args.key else config_module.all_keys()
-        values = {key: config.get(key) for key in keys}
-        text = "\n".join(
-            f"{key} = {json.dumps(value)}" if len(keys) > 1 else str(json.dumps(value))
-            for key, value in values.items()
-        )
-        emit(args, values if len(keys) > 1 else values[keys[0]], text)
-        return 0
+    if args.action == "set":
+        return _config_set(args)
+    _, config = project(args, running_fallback=True)
+    keys = [args.key] if args.key else config_module.all_keys()
+    values = {key: config.get(key) for key in keys}
+    text = "\n".join(
+        f"{key} = {json.dumps(value)}" if len(keys) > 1 else str(json.dumps(value))
+        for key, value in values.items()
+    )
+    emit(args, values if len(keys) > 1 else values[keys[0]], text)
+    return 0
+
+
+def _config_set(args: argparse.Namespace) -> int:
+    """Write one setting in place (this repairs a file with a bad value elsewhere, or one
+    that no longer parses), then have the running daemon apply it."""
     if not args.key or args.value is None:
         raise ConfigError("usage: tinytownd config set KEY VALUE")
-    updated = config.replace(args.key, config_module.parse_value(args.key, args.value))
+    root = town_dir(args)
+    if not (args.dir or os.environ.get("TINYTOWN_DIR")) and find_town(root) is None:
+        raise ConfigError(
+            f"no town in {root} or above it (no tinytown.toml, no .tt/): run `tinytownd "
+            "init` here first, or pass --dir"
+        )
+    paths = ProjectPaths(root)
+    value = config_module.parse_value(args.key, args.value)
     kept = config_module.set_aside_if_broken(paths.root)
     if kept:
         print(f"tinytownd: the unreadable file is kept as {kept}", file=sys.stderr)
-    config_module.save(paths.root, updated)
+        settings = DaemonState.load(paths).settings if daemon_pid(paths) is not None else None
+        if settings:  # the new file starts from what the running town uses
+            running = config_module.from_mapping(settings, default_name=paths.root.name)
+            config_module.save(paths.root, running)
+    config_module.set_key(paths.root, args.key, value)
+    try:
+        updated = config_module.load(paths.root)
+    except BrokenConfigError as err:
+        raise BrokenConfigError(
+            f"{args.key} is written, but the file has another problem: {err}"
+        ) from None
     applied = not updated.remote_url and control.apply_live(paths, updated)
     note = ""
     if applied and config_module.needs_restart(args.key):
