@@ -228,3 +228,25 @@ def test_config_set_repairs_a_bad_value_in_a_stopped_towns_file(project: Path) -
     text = (project / "tinytown.toml").read_text()
     assert text.startswith("# mine\n") and 'name = "my-town"' in text and 'save = ""' in text
     assert tinytownd("start", "--dir", str(project)).returncode == 0
+
+
+def test_renaming_a_town_says_where_its_keys_are_and_how_to_move_them(town: Path) -> None:
+    client(town).rpush(f"tt:demo:inbox:{YOU}", Message.ping(ME, YOU).to_json())
+    renamed = tinytownd("config", "set", "name", "harbour", "--dir", str(town))
+    assert renamed.returncode == 0, renamed.stderr
+    assert "town 'demo' has 1 key(s) under tt:demo:*" in renamed.stdout
+    assert "`tinytownd migrate --rename-town demo`" in renamed.stdout
+    moved = tinytownd("migrate", "--rename-town", "demo", "--force", "--dir", str(town))
+    assert moved.returncode == 0, moved.stderr
+    assert client(town).llen(f"tt:harbour:inbox:{YOU}") == 1
+    assert not client(town).exists(f"tt:demo:inbox:{YOU}")
+
+
+def test_restoring_another_towns_snapshot_points_at_the_rename(town: Path, tmp: Path) -> None:
+    client(town).set("tt:elsewhere:agent:x", "{}")
+    snapshot = tmp / "other.rdb"
+    assert tinytownd("save", "--to", str(snapshot), "--dir", str(town)).returncode == 0
+    restored = tinytownd("restore", str(snapshot), "--force", "--dir", str(town))
+    assert restored.returncode == 0, restored.stderr
+    assert "keys of town(s) elsewhere" in restored.stdout
+    assert "`tinytownd migrate --rename-town elsewhere`" in restored.stdout

@@ -66,6 +66,16 @@ def rename_keys(
             return report
 
 
+def count_keys(town: str, batch: int = 1000) -> Op[int]:
+    """How many ``tt:<town>:...`` keys there are (SCAN, never KEYS)."""
+    count, cursor = 0, b"0"
+    while True:
+        cursor, keys = yield ("SCAN", cursor, "MATCH", f"{PREFIX}:{town}:*", "COUNT", batch)
+        count += len(keys)
+        if int(cursor) == 0:
+            return count
+
+
 def migrate(
     town: str, dry_run: bool = False, progress: Progress | None = None
 ) -> Op[MigrationReport]:

@@ -80,6 +80,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if restored.renamed.conflicts
             else ""
         )
+    if restored.other_towns:
+        first = restored.other_towns[0]
+        line += (
+            f"\nthe snapshot holds keys of town(s) {', '.join(restored.other_towns)}, which "
+            f"town {config.name!r} does not see; `tinytownd migrate --rename-town {first}` "
+            "moves them into it"
+        )
     emit(
         args,
         {
@@ -89,6 +96,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             "conflicts": None
             if restored.renamed is None
             else [list(pair) for pair in restored.renamed.conflicts],
+            "other_towns": restored.other_towns,
         },
         line,
     )

@@ -285,6 +285,7 @@ def _config_set(args: argparse.Namespace) -> int:
         )
     paths = ProjectPaths(root)
     value = config_module.parse_value(args.key, args.value)
+    renamed_from = _current_name(args, paths) if args.key == "name" else None
     kept = config_module.set_aside_if_broken(paths.root)
     if kept:
         print(f"tinytownd: the unreadable file is kept as {kept}", file=sys.stderr)
@@ -308,7 +309,34 @@ def _config_set(args: argparse.Namespace) -> int:
     elif applied:
         note = " (applied to the running town)"
     print(f"{args.key} = {json.dumps(updated.get(args.key))}{note}")
+    if renamed_from and renamed_from != updated.name:
+        print(_rename_hint(paths, updated, renamed_from))
     return 0
+
+
+def _current_name(args: argparse.Namespace, paths: ProjectPaths) -> str | None:
+    try:
+        return project(args, running_fallback=True)[1].name
+    except ConfigError:
+        return None
+
+
+def _rename_hint(paths: ProjectPaths, config: Config, old: str) -> str:
+    """What happens to the old name's keys, and the command that moves them."""
+    move = f"`tinytownd migrate --rename-town {old}` moves them into {config.name!r}"
+    if config.remote_url or control.daemon_pid(paths) is None:
+        return f"keys under tt:{old}:* stay where they are; {move}"
+    from .. import migrate
+    from ..town import Town
+
+    with Town.connect(paths.root, start=False) as town:
+        count = town.channel().run(migrate.count_keys(old))
+    if not count:
+        return f"town {old!r} had no keys to move"
+    return (
+        f"town {old!r} has {count} key(s) under tt:{old}:*, which `inbox`, `agents` and "
+        f"agents using {config.name!r} no longer see; {move}"
+    )
 
 
 def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:

@@ -265,6 +265,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         question = (
             f"rewrite town {config.name!r}'s agent and task state as {args.state}?"
             if args.state
+            else f"move every tt:{args.rename_town}:* key into town {config.name!r}?"
+            if args.rename_town
             else f"rename legacy tt:* keys into town {config.name!r}?"
         )
         answer = input(f"{question} [y/N] ")
@@ -282,10 +284,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    if args.state and args.rename_town:
+        raise ConfigError("migrate takes --state or --rename-town, not both")
     if args.state:
         return _convert_state(args, show)
     with _channel(args) as channel:
-        report = channel.run(migrate_module.migrate(config.name, args.dry_run, show))
+        if args.rename_town:
+            op = migrate_module.rename_town(args.rename_town, config.name, args.dry_run, show)
+        else:
+            op = migrate_module.migrate(config.name, args.dry_run, show)
+        report = channel.run(op)
     if show:
         print(file=sys.stderr)
     verb = "would move" if args.dry_run else "moved"
@@ -411,6 +419,12 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "--state",
         choices=("hash", "json"),
         help="convert agent and task keys to this form (hash: as tinytown 0.10 stores them)",
+    )
+    p.add_argument(
+        "--rename-town",
+        metavar="OLD",
+        help="move every tt:OLD:* key into this town (after `config set name`, or a restore "
+        "of another town's snapshot); RENAMENX, so an existing key is never overwritten",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would move; change nothing")
     p.add_argument("--force", action="store_true", help="do not ask for confirmation")

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,8 @@ class Restored:
     keys: int
     backup: Path
     renamed: MigrationReport | None
+    #: Other towns whose keys the snapshot brought (nothing of this town's sees them).
+    other_towns: list[str] = field(default_factory=list)
 
 
 def current_keys(paths: ProjectPaths) -> int | None:
@@ -214,12 +216,13 @@ def restore(
             if not expected.allows(loaded):
                 raise BackupError(f"Redis loaded {loaded} keys, the snapshot has {expected.keys}")
             renamed = _rename(client, config, rename_from) if rename_from else None
+            others = sorted(towns_in(client) - {config.name})
         finally:
             client.close()
     except (TinytownError, OSError, redis.RedisError) as err:
         _roll_back(paths, config, backup, kept, was_running, start_args)
         raise BackupError(f"restore failed, previous data back in force: {err}") from None
-    return Restored(loaded, backup, renamed)
+    return Restored(loaded, backup, renamed, others)
 
 
 def _roll_back(
