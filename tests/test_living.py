@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from support import client, status, tinytownd
 
-from tinytownd import Agent, Message, Town
+from tinytownd import Agent, Message, Town, aio
 from tinytownd.errors import UnknownAgentError
 from tinytownd.keys import town_name_for
 from tinytownd.ops import resolve_agent
@@ -250,3 +251,29 @@ def test_restoring_another_towns_snapshot_points_at_the_rename(town: Path, tmp: 
     assert restored.returncode == 0, restored.stderr
     assert "keys of town(s) elsewhere" in restored.stdout
     assert "`tinytownd migrate --rename-town elsewhere`" in restored.stdout
+
+
+def test_ls_lists_the_towns_running_here_and_forgets_stopped_ones(town: Path) -> None:
+    listed = json.loads(tinytownd("ls", "--json").stdout)
+    mine = [t for t in listed if t["dir"] == str(town)]
+    assert len(mine) == 1 and mine[0]["town"] == "demo" and mine[0]["state"] == "running"
+    assert mine[0]["clients"] >= 1 and mine[0]["memory_mb"] > 0
+    assert "demo  running" in tinytownd("ls").stdout
+    assert tinytownd("stop", "--dir", str(town)).returncode == 0
+    assert all(t["dir"] != str(town) for t in json.loads(tinytownd("ls", "--json").stdout))
+
+
+def test_stop_on_exit_stops_the_town_a_script_started(project: Path) -> None:
+    with Town.connect(project, stop_on_exit=True) as town:
+        town.channel().send(Message.ping(ME, YOU))
+        assert status(project)["state"] == "running"
+    assert status(project)["state"] == "stopped"
+
+    async def main() -> None:
+        async with await aio.Town.connect(project, stop_on_exit=True) as town:
+            await town.channel().send(Message.ping(ME, YOU))
+
+    asyncio.run(main())
+    assert status(project)["state"] == "stopped"
+    assert tinytownd("start", "--dir", str(project)).returncode == 0
+    assert client(project).llen(f"tt:demo:inbox:{YOU}") == 2  # saved on each stop

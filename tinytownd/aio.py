@@ -260,7 +260,9 @@ class Town(TownCore[aioredis.Redis, Channel]):
     """:class:`tinytownd.Town` for asyncio."""
 
     @classmethod
-    async def connect(cls, directory: str | Path = ".", *, start: bool = True) -> Town:
+    async def connect(
+        cls, directory: str | Path = ".", *, start: bool = True, stop_on_exit: bool = False
+    ) -> Town:
         config, paths = await asyncio.to_thread(prepare, directory, start)
         url, options = client_options(config, paths, aioredis.Redis)
         if url:
@@ -272,7 +274,7 @@ class Town(TownCore[aioredis.Redis, Channel]):
                 **options,
             )
             client = aioredis.Redis.from_pool(pool)
-        return cls(config, paths, client)
+        return cls(config, paths, client, stop_on_exit)
 
     def _channel(self, *, town_broadcast: bool, reliable: bool, state: str) -> Channel:
         return Channel(
@@ -281,6 +283,7 @@ class Town(TownCore[aioredis.Redis, Channel]):
 
     async def close(self) -> None:
         await self.redis.aclose()
+        await asyncio.to_thread(self._stop_daemon)
 
     async def __aenter__(self) -> Town:
         return self

@@ -58,8 +58,18 @@ def client_options(
 class TownCore(Generic[ClientT, ChannelT]):
     """What both Town flavours share: settings, paths, a client, and how a channel is made."""
 
-    def __init__(self, config: Config, paths: ProjectPaths, client: ClientT) -> None:
+    def __init__(
+        self, config: Config, paths: ProjectPaths, client: ClientT, stop_on_exit: bool = False
+    ) -> None:
         self.config, self.paths, self.redis = config, paths, client
+        #: Stop the town's daemon (SHUTDOWN SAVE, nothing lost) when this Town closes.
+        self.stop_on_exit = stop_on_exit and not config.remote_url
+
+    def _stop_daemon(self) -> None:
+        if self.stop_on_exit:
+            from .daemon import control
+
+            control.stop(self.paths, self.config)
 
     @property
     def name(self) -> str:
@@ -80,8 +90,12 @@ class Town(TownCore[redis.Redis, Channel]):
     """One town: its settings, its Redis client and channels bound to its name."""
 
     @classmethod
-    def connect(cls, directory: str | Path = ".", *, start: bool = True) -> Town:
-        """The town of the project in ``directory``; starts its daemon unless ``start=False``.
+    def connect(
+        cls, directory: str | Path = ".", *, start: bool = True, stop_on_exit: bool = False
+    ) -> Town:
+        """The town at or above ``directory``; starts its daemon unless ``start=False``,
+        and with ``stop_on_exit=True`` stops it again when the Town is closed (scripts
+        that clean up after themselves).
 
         With ``redis.url`` (or ``$TINYTOWN_REDIS_URL`` / ``$REDIS_URL``) it uses that
         Redis instead, and starts nothing.
@@ -92,7 +106,7 @@ class Town(TownCore[redis.Redis, Channel]):
             client = redis.Redis.from_url(url, **options)
         else:  # only to a server run by this user: the kernel says who serves the socket
             client = own_socket_client(options.pop("unix_socket_path"), **options)
-        return cls(config, paths, client)
+        return cls(config, paths, client, stop_on_exit)
 
     def _channel(self, *, town_broadcast: bool, reliable: bool, state: str) -> Channel:
         return Channel(
@@ -101,6 +115,7 @@ class Town(TownCore[redis.Redis, Channel]):
 
     def close(self) -> None:
         self.redis.close()
+        self._stop_daemon()
 
     def __enter__(self) -> Town:
         return self

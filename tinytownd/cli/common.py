@@ -85,3 +85,21 @@ def whole_number(minimum: int) -> Callable[[str], int]:
 def emit(args: argparse.Namespace, data: Any, text: str) -> None:
     """Print ``text`` for a person, or ``data`` as JSON with ``--json``."""
     print(json.dumps(data, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    """Columns padded to their widest cell, a header row first; control characters in
+    cells (an agent named with an escape sequence) are shown escaped, never sent."""
+    rows = [[printable(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped, so a name cannot rewrite the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -20,7 +20,7 @@ from ..errors import BrokenConfigError, ConfigError
 from ..keys import town_name_for
 from ..lazyimport import lazy
 from ..paths import ProjectPaths, find_town
-from .common import command, emit, project, town_dir, whole_number
+from .common import command, emit, project, table, town_dir, whole_number
 
 if TYPE_CHECKING:
     from ..daemon import control
@@ -237,6 +237,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return {"failed": 1, "stopped": 3}.get(report["state"], 0)
 
 
+@command("ls")
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Every town this user runs on this machine."""
+    from ..daemon import registry
+
+    towns = [control.summary(paths) for paths in registry.running()]
+    rows = [
+        [
+            t["town"],
+            t["state"],
+            str(t["daemon_pid"]),
+            _duration(t["uptime_s"]),
+            f"{t['memory_mb']:.1f} MB" if t["memory_mb"] is not None else "-",
+            str(t["clients"]) if t["clients"] is not None else "-",
+            t["dir"],
+        ]
+        for t in towns
+    ]
+    header = ["TOWN", "STATE", "PID", "UP", "MEMORY", "CLIENTS", "DIR"]
+    text = table(rows, header) if rows else "no towns running"
+    emit(args, towns, text)
+    return 0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (
+        f"{days}d{hours}h"
+        if days
+        else f"{hours}h{minutes:02d}m"
+        if hours
+        else f"{minutes}m{secs:02d}s"
+    )
+
+
 @command("logs")
 def cmd_logs(args: argparse.Namespace) -> int:
     paths, _ = project(args, running_fallback=True)
@@ -367,6 +406,8 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         help="kill Redis without saving; says first what that loses",
     )
     p = add("status", "show the daemon, Redis and persistence state")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("ls", "list every town you run on this machine: state, directory, uptime, memory")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("logs", "show the daemon log (or Redis's)")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")

@@ -16,7 +16,7 @@ from ..errors import ConfigError, InvalidMessageError, NotRunningError
 from ..lazyimport import lazy
 from ..messages import MESSAGE_TYPES, Message, Priority
 from ..wire import canonical_id
-from .common import command, emit, project, whole_number
+from .common import command, emit, printable, project, table, whole_number
 
 if TYPE_CHECKING:
     import redis
@@ -115,7 +115,7 @@ def describe(message: Message) -> str:
     """One line for a person."""
     details = " ".join(f"{key}={json.dumps(value)}" for key, value in message.body.items())
     stamp = message.created_at.strftime("%H:%M:%S")
-    return (
+    return printable(
         f"{stamp} {message.priority.value:<6} {message.type:<15} "
         f"{message.sender[:8]} -> {message.to[:8]} {details}"
     ).rstrip()
@@ -185,23 +185,8 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    )
-
-
 def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped, so a name cannot rewrite the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _listing(
@@ -212,9 +197,8 @@ def _listing(
     header: list[str],
     problems: list[str],
 ) -> int:
-    table = _table([[_printable(cell) for cell in row] for row in rows], header)
-    text = table if rows else f"no {what}"
-    text += "".join(f"\nunreadable: {_printable(problem)}" for problem in problems)
+    text = table(rows, header) if rows else f"no {what}"
+    text += "".join(f"\nunreadable: {printable(problem)}" for problem in problems)
     emit(args, {what: [item.to_dict() for item in items], "problems": problems}, text)
     return 0
 
@@ -330,7 +314,7 @@ def _convert_state(
         f"{args.state}, {len(report.problems)} problem(s) (scanned {report.scanned})"
     ]
     lines += [f"  {key}" for key in report.converted]
-    lines += [f"  PROBLEM {_printable(problem)}" for problem in report.problems]
+    lines += [f"  PROBLEM {printable(problem)}" for problem in report.problems]
     data = {
         "dry_run": args.dry_run,
         "state": args.state,

@@ -317,6 +317,32 @@ def _live(paths: ProjectPaths) -> dict[str, Any]:
     }
 
 
+def summary(paths: ProjectPaths) -> dict[str, Any]:
+    """One line of ``tinytownd ls``: the town, its state, uptime, Redis's memory and
+    connected clients (None where Redis does not answer quickly)."""
+    recorded = DaemonState.load(paths)
+    settings = recorded.settings or {}
+    line: dict[str, Any] = {
+        "town": settings.get("name") or paths.root.name,
+        "dir": str(paths.root),
+        "state": str(recorded.state),
+        "daemon_pid": daemon_pid(paths),
+        "uptime_s": time.time() - recorded.started_at if recorded.started_at else None,
+        "memory_mb": None,
+        "clients": None,
+    }
+    client = redis_admin.connect(paths, timeout=0.5)
+    try:
+        info = client.info()
+        line["memory_mb"] = int(info["used_memory_rss"]) / 2**20
+        line["clients"] = int(info["connected_clients"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
+        pass  # busy, or going away: the row says "-"
+    finally:
+        client.close()
+    return line
+
+
 def apply_live(paths: ProjectPaths, config: Config) -> bool:
     """Have the running daemon apply ``tinytown.toml`` now (SIGHUP) and wait until it says
     it has. The daemon is the only process that changes Redis's settings, so its own

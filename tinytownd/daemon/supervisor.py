@@ -29,7 +29,7 @@ from ..config import Config, Persistence
 from ..errors import AlreadyRunning, ConfigError, StartupError, TinytownError
 from ..lazyimport import lazy
 from ..paths import ProjectPaths
-from . import durability, engine, redis_admin, redis_log, redis_server, restart_policy
+from . import durability, engine, redis_admin, redis_log, redis_server, registry, restart_policy
 from .engine import ServerBinary
 from .notify import Notifier
 from .redis_admin import ShutdownRequest
@@ -132,6 +132,7 @@ class Supervisor:
         try:
             return self._loop()
         finally:
+            registry.unregister(self.paths)
             self.paths.unlink_socket_link()
             self.paths.unlink_tt_socket()
             self.lock.release()
@@ -162,6 +163,7 @@ class Supervisor:
             redis_server.remove_stale_socket(self.paths)
             self._launch(self.override(self.config.persistence))
             engine.write_record(self.paths, self.binary)
+        registry.register(self.paths)
         self.state.started_at = time.time()
         self._publish(TownState.RUNNING)
         self.notifier.ready(self._summary())
