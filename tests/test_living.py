@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -277,3 +279,28 @@ def test_stop_on_exit_stops_the_town_a_script_started(project: Path) -> None:
     assert status(project)["state"] == "stopped"
     assert tinytownd("start", "--dir", str(project)).returncode == 0
     assert client(project).llen(f"tt:demo:inbox:{YOU}") == 2  # saved on each stop
+
+
+def test_top_shows_each_agents_lists_and_refreshes(town: Path) -> None:
+    worker = _agent("worker-1", "ada")
+    with Town.connect(town) as connected:
+        channel = connected.channel()
+        channel.set_agent_state(worker)
+        for _ in range(3):
+            channel.send(Message.ping(ME, worker.id))
+        channel.send_urgent(Message.task(ME, worker.id, "now"))
+    once = json.loads(tinytownd("top", "--once", "--json", "--dir", str(town)).stdout)
+    (row,) = once["agents"]
+    assert (row["name"], row["inbox"], row["urgent"], row["dead"]) == ("worker-1", 3, 1, 0)
+    assert once["clients"] >= 1 and once["memory_mb"] > 0
+    live = subprocess.Popen(
+        [sys.executable, "-m", "tinytownd", "top", "--interval", "0.2", "--dir", str(town)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)
+    finally:
+        live.send_signal(signal.SIGINT)
+        out, _ = live.communicate(timeout=30)
+    assert live.returncode == 0 and out.count("AGENT") >= 2 and "worker-1" in out

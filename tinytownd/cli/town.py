@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from .. import migrate as migrate_module
     from .. import ops
+    from .. import top as top_module
     from .. import town as town_module
     from ..channel import Channel
 else:
@@ -30,6 +32,7 @@ else:
     migrate_module = lazy("tinytownd.migrate")
     ops = lazy("tinytownd.ops")
     town_module = lazy("tinytownd.town")
+    top_module = lazy("tinytownd.top")
 
 NOBODY = "00000000-0000-0000-0000-000000000000"
 
@@ -153,6 +156,58 @@ def cmd_listen(args: argparse.Namespace) -> int:
             if args.count and seen >= args.count:
                 break
     return 0
+
+
+@command("top")
+def cmd_top(args: argparse.Namespace) -> int:
+    with _channel(args) as channel:
+        if args.once:
+            shot = top_module.snapshot(channel)
+            emit(args, shot.to_dict(), _screen(shot, None))
+            return 0
+        previous = None
+        try:
+            while True:
+                shot = top_module.snapshot(channel)
+                if sys.stdout.isatty():
+                    print("\x1b[H\x1b[2J", end="")  # home, clear: any terminal, over SSH too
+                print(_screen(shot, previous), flush=True)
+                previous = shot
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def _screen(shot: top_module.Snapshot, previous: top_module.Snapshot | None) -> str:
+    sends, receives = top_module.rates(previous, shot)
+    p = shot.persistence
+    aof = (
+        f"AOF {'on, last write ' + str(p['aof_last_write_status']) if p['aof_enabled'] else 'off'}"
+    )
+    header = (
+        f"town {shot.town}  {time.strftime('%H:%M:%S', time.localtime(shot.taken_at))}  "
+        f"memory {shot.memory_mb:.1f} MB  clients {shot.clients}  "
+        f"in {sends:.0f}/s  out {receives:.0f}/s\n"
+        f"RDB last save {p['rdb_last_bgsave_status']}, "
+        f"{p['rdb_changes_since_last_save']} changes since; {aof}"
+    )
+    rows = [
+        [
+            row.name,
+            row.id[:8],
+            row.state,
+            f"{row.heartbeat_age_s:.0f}s",
+            str(row.inbox),
+            str(row.urgent),
+            str(row.processing),
+            str(row.dead),
+        ]
+        for row in shot.agents
+    ]
+    columns = ["AGENT", "ID", "STATE", "HEARTBEAT", "INBOX", "URGENT", "PROCESSING", "DEAD"]
+    body = table(rows, columns) if rows else "no agents"
+    problems = "".join(f"\nunreadable: {printable(p)}" for p in shot.problems)
+    return f"{header}\n\n{body}{problems}"
 
 
 @command("inbox")
@@ -378,6 +433,12 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
                 action="store_true",
                 help="queue on the agent's urgent list, taken before its inbox (tt send --urgent)",
             )
+    p = add("top", "a live view of the town: agents, their lists, message rates, Redis")
+    p.add_argument("--once", action="store_true", help="print one view and exit")
+    p.add_argument("--json", action="store_true", help="with --once: machine-readable output")
+    p.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes"
+    )
     p = add("inbox", "show an agent's urgent list and inbox (or dead letters), taking nothing")
     p.add_argument("agent", help="an agent id, name, nickname or unique id prefix")
     p.add_argument(
