@@ -304,3 +304,22 @@ def test_top_shows_each_agents_lists_and_refreshes(town: Path) -> None:
         live.send_signal(signal.SIGINT)
         out, _ = live.communicate(timeout=30)
     assert live.returncode == 0 and out.count("AGENT") >= 2 and "worker-1" in out
+
+
+def test_bash_completion_completes_commands_and_their_options() -> None:
+    script = tinytownd("completion", "bash").stdout
+    probe = (
+        f"{script}\n"
+        'COMP_WORDS=(tinytownd sta); COMP_CWORD=1; _tinytownd; echo "${COMPREPLY[*]}"\n'
+        "COMP_WORDS=(tinytownd --dir x top --); COMP_CWORD=4; _tinytownd; "
+        'echo "${COMPREPLY[*]}"\n'
+    )
+    done = subprocess.run(
+        ["bash", "-c", probe], capture_output=True, text=True, timeout=30, check=True
+    )
+    commands, options = done.stdout.splitlines()
+    assert commands.split() == ["start", "status"]
+    assert set(options.split()) >= {"--once", "--interval", "--json", "--dir"}
+    fish = tinytownd("completion", "fish").stdout
+    assert "-a top " in fish and "__fish_seen_subcommand_from top' -l once" in fish
+    assert "bashcompinit" in tinytownd("completion", "zsh").stdout

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import TinytownError
-from . import backup, bench, daemon, service, town
+from . import backup, bench, completion, daemon, service, town
 from .common import COMMANDS
 
 
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_parsers(add)
     backup.add_parsers(add)
     bench.add_parsers(add)
+    completion.add_parsers(add)
+    completion.PARSER[:] = [parser]
     return parser
 
 
