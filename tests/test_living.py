@@ -323,3 +323,17 @@ def test_bash_completion_completes_commands_and_their_options() -> None:
     fish = tinytownd("completion", "fish").stdout
     assert "-a top " in fish and "__fish_seen_subcommand_from top' -l once" in fish
     assert "bashcompinit" in tinytownd("completion", "zsh").stdout
+
+
+def test_an_error_after_a_failed_start_says_what_to_do_next(project: Path) -> None:
+    assert tinytownd("start", "--dir", str(project)).returncode == 0
+    client(project).set("k", 1)
+    assert tinytownd("stop", "--dir", str(project)).returncode == 0
+    rdb = project / ".tt" / "dump.rdb"
+    rdb.write_bytes(rdb.read_bytes()[:30])
+    assert tinytownd("start", "--dir", str(project)).returncode != 0
+    sent = tinytownd("send", "--to", YOU, "--type", "ping", "--dir", str(project))
+    assert sent.returncode != 0
+    said = sent.stderr.strip()
+    assert len(said.splitlines()) == 1
+    assert "it failed (" in said and said.endswith("fix that, then `tinytownd start`")

@@ -13,9 +13,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..config import redact_url
+from ..daemon.state import DaemonState, TownState
 from ..errors import ConfigError, InvalidMessageError, NotRunningError
 from ..lazyimport import lazy
 from ..messages import MESSAGE_TYPES, Message, Priority
+from ..paths import ProjectPaths
 from ..wire import canonical_id
 from .common import command, emit, printable, project, table, whole_number
 
@@ -41,9 +43,7 @@ NOBODY = "00000000-0000-0000-0000-000000000000"
 def _channel(args: argparse.Namespace) -> Iterator[Channel]:
     paths, config = project(args)
     if not config.remote_url and not paths.client_socket.exists():
-        raise NotRunningError(
-            f"town {config.name!r} is not running; start it with `tinytownd start`"
-        )
+        raise NotRunningError(f"town {config.name!r} is not running; {_next_step(paths)}")
     if config.remote_source.startswith("$"):  # an exported variable: easy to forget
         print(
             f"tinytownd: using the Redis at {redact_url(config.remote_url)} "
@@ -54,12 +54,28 @@ def _channel(args: argparse.Namespace) -> Iterator[Channel]:
     try:
         yield town.channel()
     except redis.ConnectionError as err:
-        raise NotRunningError(f"cannot reach the Redis of town {config.name!r}: {err}") from None
+        where = "" if config.remote_url else f"; {_next_step(paths)}"
+        raise NotRunningError(
+            f"cannot reach the Redis of town {config.name!r}: {err}{where}"
+        ) from None
     finally:
         town.close()
 
 
 _FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _next_step(paths: ProjectPaths) -> str:
+    """What to do when the town does not answer: after a crash, see why first."""
+    recorded = DaemonState.load(paths)
+    if recorded.state == TownState.FAILED:
+        return (
+            f"it failed ({recorded.failure or 'see `tinytownd status`'}); fix that, then "
+            "`tinytownd start`"
+        )
+    if recorded.state == TownState.RESTARTING:
+        return "Redis is restarting after a crash; retry in a moment (`tinytownd status`)"
+    return "start it with `tinytownd start`"
 
 
 def _message(args: argparse.Namespace, channel: Channel) -> Message:
