@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis as redis_py
 from support import client, status, tinytownd
 
 from tinytownd import Agent, Message, Town, aio
@@ -337,3 +338,19 @@ def test_an_error_after_a_failed_start_says_what_to_do_next(project: Path) -> No
     said = sent.stderr.strip()
     assert len(said.splitlines()) == 1
     assert "it failed (" in said and said.endswith("fix that, then `tinytownd start`")
+
+
+def test_a_deep_town_prints_the_short_socket_path_clients_can_use(tmp: Path) -> None:
+    deep = tmp / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    try:
+        started = tinytownd("start", "--dir", str(deep))
+        assert started.returncode == 0, started.stderr
+        report = json.loads(tinytownd("status", "--json", "--dir", str(deep)).stdout)
+        short = report["client_socket"]
+        assert short != report["socket"] and len(short) < 100
+        assert f"clients use {short}" in started.stdout
+        assert f"clients use {short}" in tinytownd("status", "--dir", str(deep)).stdout
+        assert redis_py.Redis(unix_socket_path=short).ping()
+    finally:
+        tinytownd("stop", "--dir", str(deep))

@@ -96,12 +96,23 @@ def cmd_start(args: argparse.Namespace) -> int:
     pid, already = control.start(paths, config, _override_args(args))
     state = "already running" if already else "started"
     print(f"tinytownd {state} (pid {pid}); Redis on {paths.socket}")
+    if paths.client_socket != paths.socket:
+        print(_socket_line(str(paths.socket), str(paths.client_socket)))
     if not already and config.name != paths.root.name and not _names_itself(paths):
         print(
             f"town {config.name!r}, named after the directory {paths.root.name!r} (set "
             "another with `tinytownd config set name NAME`)"
         )
     return 0
+
+
+def _socket_line(socket: str, client_socket: str) -> str:
+    if client_socket == socket:
+        return socket
+    return (
+        f"{socket} is longer than a unix socket address may be; clients use "
+        f"{client_socket} (e.g. redis-cli -s {client_socket})"
+    )
 
 
 def _names_itself(paths: ProjectPaths) -> bool:
@@ -193,7 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 else " (unsupervised: run `tinytownd start` to adopt it)"
             ),
         ),
-        ("socket", report["socket"]),
+        ("socket", _socket_line(report["socket"], report["client_socket"])),
         ("daemon pid", report["daemon_pid"] or "-"),
         ("redis pid", report["redis_pid"] or "-"),
         (

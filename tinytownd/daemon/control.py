@@ -251,7 +251,15 @@ def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
     """Everything ``tinytownd status`` shows, as plain data."""
     recorded = DaemonState.load(paths)
     report: dict[str, Any] = asdict(recorded)
-    report.update(town=config.name, dir=str(paths.root), socket=str(paths.socket), persistence=None)
+    report.update(
+        town=config.name,
+        dir=str(paths.root),
+        socket=str(paths.socket),
+        # What clients such as `redis-cli -s` must use: a short link when the path is
+        # longer than the OS allows for a unix socket address.
+        client_socket=str(paths.client_socket),
+        persistence=None,
+    )
     if config.remote_url:
         report.update(
             state="remote",
