@@ -17,6 +17,7 @@ from support import tinytownd, wait_until
 from tinytownd import Message, Town, aio
 from tinytownd.config import Config
 from tinytownd.daemon.engine import find_binary
+from tinytownd.errors import UnsupportedServerError
 
 PASSWORD = "s3cret-for-tests"
 ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
@@ -168,3 +169,51 @@ def test_a_url_naming_the_towns_own_socket_is_the_local_town(project: Path) -> N
     assert json.loads(tinytownd("status", "--json", "--dir", str(project)).stdout)["state"] == (
         "running"
     )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def cluster_node_url(tmp: Path) -> Iterator[str]:
+    """A redis-server with cluster mode on: what a URL naming one node of a cluster reaches."""
+    port, bus = free_port(), free_port()  # the bus port is given: port + 10000 may not exist
+    node = tmp / "node"
+    node.mkdir()
+    server = subprocess.Popen(
+        [
+            *(find_binary(Config(name="x")).path, "--port", str(port), "--bind", "127.0.0.1"),
+            *("--cluster-enabled", "yes", "--cluster-port", str(bus), "--dir", str(node)),
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_until(lambda: redis.Redis.from_url(url).ping(), what="cluster node")
+        yield url
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_cluster_node_is_refused_in_one_line_never_a_wrong_answer(
+    tmp: Path, cluster_node_url: str
+) -> None:
+    (tmp / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{cluster_node_url}"\n')
+    with pytest.raises(UnsupportedServerError, match="node of a Redis Cluster"):
+        Town.connect(tmp)
+
+    async def connect() -> None:
+        await aio.Town.connect(tmp)
+
+    with pytest.raises(UnsupportedServerError):
+        asyncio.run(connect())
+    for command in (["agents"], ["send", "--to", YOU, "--type", "ping"]):
+        result = tinytownd(*command, "--dir", str(tmp))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "node of a Redis Cluster" in result.stderr

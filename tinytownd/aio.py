@@ -7,6 +7,7 @@ only the I/O calls differ.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Generator, Iterable
 from datetime import timedelta
@@ -23,7 +24,7 @@ from .messages import Message
 from .peer import check_own
 from .records import Agent, Task
 from .steps import RETRYABLE
-from .town import TownCore, client_options, prepare
+from .town import UNREACHABLE, TownCore, client_options, prepare, refuse_cluster
 from .wire import Id, canonical_id
 
 
@@ -267,6 +268,8 @@ class Town(TownCore[aioredis.Redis, Channel]):
         url, options = client_options(config, paths, aioredis.Redis)
         if url:
             client = aioredis.Redis.from_url(url, **options)
+            with contextlib.suppress(*UNREACHABLE):
+                refuse_cluster(url, await client.info("cluster"))
         else:
             pool = aioredis.ConnectionPool(
                 connection_class=OwnSocketConnection,

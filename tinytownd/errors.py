@@ -58,6 +58,10 @@ class NotRunningError(TinytownError):
     """The town's daemon (or its Redis) is not running."""
 
 
+class UnsupportedServerError(ConfigError):
+    """``redis.url`` names a kind of server the Channel cannot use as it is set up."""
+
+
 class ForeignSocketError(StartupError):
     """The socket path is served by a process that is not this town's Redis."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -11,7 +12,8 @@ from redis.backoff import NoBackoff
 
 from . import config as config_module
 from .channel import Channel
-from .config import Config
+from .config import Config, redact_url
+from .errors import UnsupportedServerError
 from .paths import ProjectPaths, find_town
 from .peer import own_socket_client
 
@@ -30,6 +32,21 @@ def prepare(directory: str | Path, start: bool) -> tuple[Config, ProjectPaths]:
         if control.daemon_pid(paths) is None:
             control.start(paths, config)
     return config, paths
+
+
+def refuse_cluster(url: str, info: dict[str, Any]) -> None:
+    """A Redis Cluster node answers for a part of the keyspace only: a plain client on
+    it gets MOVED for most keys, and a SCAN sees one node's agents. Say so, once."""
+    if str(info.get("cluster_enabled", "0")) == "1":
+        raise UnsupportedServerError(
+            f"the Redis at {redact_url(url)} is a node of a Redis Cluster, which tinytownd "
+            "does not drive yet: point redis.url at a standalone Redis (or a primary "
+            "behind Sentinel)"
+        )
+
+
+#: Connection failures are left to the first operation, which reports them as usual.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError)
 
 
 def client_options(
@@ -104,6 +121,8 @@ class Town(TownCore[redis.Redis, Channel]):
         url, options = client_options(config, paths, redis.Redis)
         if url:
             client = redis.Redis.from_url(url, **options)
+            with contextlib.suppress(*UNREACHABLE):
+                refuse_cluster(url, client.info("cluster"))
         else:  # only to a server run by this user: the kernel says who serves the socket
             client = own_socket_client(options.pop("unix_socket_path"), **options)
         return cls(config, paths, client, stop_on_exit)
