@@ -29,7 +29,7 @@ from tinytownd.ops import (
     send_urgent,
     set_state,
 )
-from tinytownd.steps import RETRY_DELAYS, Move, Pause, Pop, TakeNow, retry_delay
+from tinytownd.steps import RETRY_FOR, Move, Pause, Pop, TakeNow, retry_delay
 
 KEYS = TownKeys("t")
 ME, YOU = str(uuid.uuid4()), str(uuid.uuid4())
@@ -87,10 +87,16 @@ def test_a_blocking_pop_asks_only_for_the_time_left_and_retries_within_it() -> N
     pop = Pop(KEYS.inbox(YOU), deadline)
     assert 1.9 < float(pop.command()[-1]) <= 2.0
     assert pop.reply_by() == pytest.approx(deadline + 0.5)
-    assert retry_delay(pop, 0) == RETRY_DELAYS[0]
-    assert retry_delay(Pop(KEYS.inbox(YOU), time.monotonic() - 1), 0) is None  # past it
-    assert retry_delay(("GET", "k"), len(RETRY_DELAYS)) is None  # retries exhausted
-    assert retry_delay(Move(KEYS.inbox(YOU), deadline, target="p"), 0) is None  # never
+    now = time.monotonic()
+    first = retry_delay(pop, 0, now)
+    assert first is not None and 0.0075 <= first <= 0.0125  # 10 ms, with jitter
+    assert retry_delay(Pop(KEYS.inbox(YOU), now - 1), 0, now) is None  # past its timeout
+    assert retry_delay(("GET", "k"), 3, now - RETRY_FOR - 0.01) is None  # budget spent
+    later = retry_delay(("GET", "k"), 30, now - RETRY_FOR, retry_for=60.0)  # behind Sentinel
+    assert later is not None and 0.375 <= later <= 0.625  # capped at 0.5 s, with jitter
+    soon = retry_delay(Pop(KEYS.inbox(YOU), now + 0.05), 30, now, retry_for=60.0)
+    assert soon is not None and soon <= 0.05  # a receive never outlives its timeout
+    assert retry_delay(Move(KEYS.inbox(YOU), deadline, target="p"), 0, now) is None  # never
 
 
 def test_reliable_receive_takes_in_one_script_then_waits_and_rechecks_after_a_failure() -> None:

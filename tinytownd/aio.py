@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.client import NEVER_DECODE
 
 from . import ops, steps
@@ -24,7 +25,15 @@ from .messages import Message
 from .peer import check_own
 from .records import Agent, Task
 from .steps import RETRYABLE
-from .town import UNREACHABLE, TownCore, client_options, prepare, refuse_cluster
+from .town import (
+    UNREACHABLE,
+    SentinelURL,
+    TownCore,
+    client_options,
+    is_sentinel,
+    prepare,
+    refuse_cluster,
+)
 from .wire import Id, canonical_id
 
 
@@ -39,17 +48,19 @@ class Channel(ops.ChannelCore):
         town_broadcast: bool = True,
         reliable: bool = False,
         state: str = "hash",
+        retry_for: float = steps.RETRY_FOR,
     ) -> None:
-        super().__init__(town, town_broadcast, reliable, state)
+        super().__init__(town, town_broadcast, reliable, state, retry_for)
         self.redis = client
 
     async def _execute(self, step: steps.Step) -> Any:
-        attempt = 0
+        attempt, failing_since = 0, 0.0
         while True:
             try:
                 return await self._execute_once(step)
             except RETRYABLE:
-                delay = steps.retry_delay(step, attempt)
+                failing_since = failing_since or time.monotonic()
+                delay = steps.retry_delay(step, attempt, failing_since, self.retry_for)
                 if delay is None:
                     raise
                 attempt += 1
@@ -127,7 +138,7 @@ class Channel(ops.ChannelCore):
     def subscribe(self) -> Subscribing:
         """Listen to the town's broadcasts: ``async with ch.subscribe() as broadcasts:``,
         or ``broadcasts = await ch.subscribe()`` (then ``await broadcasts.close()``)."""
-        return Subscribing(Subscription(self.redis, self.keys.broadcast))
+        return Subscribing(Subscription(self.redis, self.keys.broadcast, self.retry_for))
 
     async def set_agent_state(self, agent: Agent) -> None:
         await self.run(ops.set_state(self.keys.agent(agent.id), agent, self.state_form))
@@ -171,15 +182,17 @@ class Channel(ops.ChannelCore):
 class Subscription:
     """Broadcast messages as an async iterator; ``async with`` closes it."""
 
-    def __init__(self, client: aioredis.Redis, channel: str) -> None:
-        self.channel = channel
+    def __init__(
+        self, client: aioredis.Redis, channel: str, retry_for: float = steps.RETRY_FOR
+    ) -> None:
+        self.channel, self.retry_for = channel, retry_for
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
 
     async def start(self) -> None:
         await self._pubsub.subscribe(self.channel)
 
     async def get(self, timeout: float | None = None) -> Message | None:
-        wait = ops.BroadcastWait(self.channel, timeout)
+        wait = ops.BroadcastWait(self.channel, timeout, self.retry_for)
         while True:
             try:
                 event = await self._pubsub.get_message(timeout=wait.left())
@@ -266,8 +279,15 @@ class Town(TownCore[aioredis.Redis, Channel]):
     ) -> Town:
         config, paths = await asyncio.to_thread(prepare, directory, start)
         url, options = client_options(config, paths, aioredis.Redis)
-        if url:
+        if url and is_sentinel(url):
+            where = SentinelURL.parse(url)
+            sentinel = AsyncSentinel(where.sentinels, socket_timeout=5, socket_connect_timeout=5)
+            client = sentinel.master_for(
+                where.service, db=where.db, password=where.password, **options
+            )
+        elif url:
             client = aioredis.Redis.from_url(url, **options)
+        if url:
             with contextlib.suppress(*UNREACHABLE):
                 refuse_cluster(url, await client.info("cluster"))
         else:
@@ -279,9 +299,16 @@ class Town(TownCore[aioredis.Redis, Channel]):
             client = aioredis.Redis.from_pool(pool)
         return cls(config, paths, client, stop_on_exit)
 
-    def _channel(self, *, town_broadcast: bool, reliable: bool, state: str) -> Channel:
+    def _channel(
+        self, *, town_broadcast: bool, reliable: bool, state: str, retry_for: float
+    ) -> Channel:
         return Channel(
-            self.redis, self.name, town_broadcast=town_broadcast, reliable=reliable, state=state
+            self.redis,
+            self.name,
+            town_broadcast=town_broadcast,
+            reliable=reliable,
+            state=state,
+            retry_for=retry_for,
         )
 
     async def close(self) -> None:

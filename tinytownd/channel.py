@@ -40,17 +40,19 @@ class Channel(ops.ChannelCore):
         town_broadcast: bool = True,
         reliable: bool = False,
         state: str = "hash",
+        retry_for: float = steps.RETRY_FOR,
     ) -> None:
-        super().__init__(town, town_broadcast, reliable, state)
+        super().__init__(town, town_broadcast, reliable, state, retry_for)
         self.redis = client
 
     def _execute(self, step: steps.Step) -> Any:
-        attempt = 0
+        attempt, failing_since = 0, 0.0
         while True:
             try:
                 return self._execute_once(step)
             except steps.RETRYABLE:
-                delay = steps.retry_delay(step, attempt)
+                failing_since = failing_since or time.monotonic()
+                delay = steps.retry_delay(step, attempt, failing_since, self.retry_for)
                 if delay is None:
                     raise
                 attempt += 1
@@ -148,7 +150,7 @@ class Channel(ops.ChannelCore):
 
     def subscribe(self) -> Subscription:
         """Broadcast messages as they arrive: iterate, or :meth:`Subscription.get`."""
-        return Subscription(self.redis, self.keys.broadcast)
+        return Subscription(self.redis, self.keys.broadcast, self.retry_for)
 
     def set_agent_state(self, agent: Agent) -> None:
         self.run(ops.set_state(self.keys.agent(agent.id), agent, self.state_form))
@@ -190,14 +192,16 @@ class Channel(ops.ChannelCore):
 class Subscription:
     """Broadcast messages from one pub/sub channel; close it (or use ``with``) when done."""
 
-    def __init__(self, client: redis.Redis, channel: str) -> None:
-        self.channel = channel
+    def __init__(
+        self, client: redis.Redis, channel: str, retry_for: float = steps.RETRY_FOR
+    ) -> None:
+        self.channel, self.retry_for = channel, retry_for
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(channel)
 
     def get(self, timeout: float | None = None) -> Message | None:
         """The next valid broadcast, or None after ``timeout`` seconds (None: wait forever)."""
-        wait = ops.BroadcastWait(self.channel, timeout)
+        wait = ops.BroadcastWait(self.channel, timeout, self.retry_for)
         while True:
             try:
                 event = self._pubsub.get_message(timeout=wait.left())

@@ -82,6 +82,9 @@ class ChannelSettings:
     # "hash": agent and task state as tinytown 0.10 stores it; "json": the documented
     # String layout. Reads take both.
     state: str = field(default="hash", metadata=_choices(*STATE_FORMS))
+    # Seconds a command whose connection failed is retried before the error reaches
+    # the caller; 0: 2 s, or 60 s behind Sentinel (a failover takes about 30 s).
+    retry_for: float = field(default=0.0, metadata=_between(0, DAY))
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from .messages import Message
 from .records import Agent, Task
 from .steps import (
     _MIN_BLOCK,
+    RETRY_FOR,
     RETRYABLE,
     Command,
     Move,
@@ -34,6 +35,7 @@ from .steps import (
     Pop,
     TakeNow,
     backoff,
+    give_up_at,
 )
 from .wire import Id, canonical_id
 
@@ -114,15 +116,25 @@ class Inflight:
 
     payload: bytes | None = None  # delivered to the caller, not acknowledged yet
     checked: bool = False  # the processing list was looked at by this receiver
+    retry_for: float = RETRY_FOR  # the channel's retry budget
 
 
 class ChannelCore:
     """What both Channel flavours hold: the town's keys and, for reliable receivers,
     what each agent was handed and has not acknowledged yet."""
 
-    def __init__(self, town: str, town_broadcast: bool, reliable: bool, state: str) -> None:
+    def __init__(
+        self,
+        town: str,
+        town_broadcast: bool,
+        reliable: bool,
+        state: str,
+        retry_for: float = RETRY_FOR,
+    ) -> None:
         if state not in STATE_FORMS:
             raise ValueError(f"state must be one of {', '.join(STATE_FORMS)}, not {state!r}")
+        #: Seconds a command whose connection failed is retried (``channel.retry_for``).
+        self.retry_for = retry_for
         self.keys = TownKeys(town, town_broadcast)
         self.reliable = reliable
         self.state_form = state
@@ -138,7 +150,9 @@ class ChannelCore:
         """The agent's reliable-receive state (None for plain receivers)."""
         if not self.reliable:
             return None
-        return self._inflight.setdefault(canonical_id(agent_id, "agent id"), Inflight())
+        return self._inflight.setdefault(
+            canonical_id(agent_id, "agent id"), Inflight(retry_for=self.retry_for)
+        )
 
 
 def receive_reliable(
@@ -154,7 +168,7 @@ def receive_reliable(
     inbox, processing = keys.inbox(agent), keys.processing(agent)
     wait = seconds(timeout)
     deadline = None if wait is None else time.monotonic() + wait
-    attempt = 0
+    attempt, failing_since = 0, 0.0
     while True:
         raw = None
         if not inflight.checked:
@@ -180,7 +194,8 @@ def receive_reliable(
                 if raw is None and (deadline is None or deadline - time.monotonic() >= _MIN_BLOCK):
                     raw = yield Move(inbox, deadline, target=processing)
             except RETRYABLE:
-                delay = backoff(attempt, deadline)
+                failing_since = failing_since or time.monotonic()
+                delay = backoff(attempt, give_up_at(failing_since, inflight.retry_for, deadline))
                 if delay is None:
                     raise
                 attempt += 1
@@ -257,17 +272,19 @@ class BroadcastWait:
     to do with an event, and when to retry a lost connection (redis-py reconnects and
     resubscribes on the next call). Drivers only fetch events and sleep."""
 
-    def __init__(self, channel: str, timeout: float | None) -> None:
+    def __init__(self, channel: str, timeout: float | None, retry_for: float = RETRY_FOR) -> None:
         self.channel = channel
         self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.attempt = 0
+        self.retry_for = retry_for
+        self.attempt, self.failing_since = 0, 0.0
 
     def left(self) -> float | None:
         return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
     def retry_after(self, error: Exception) -> float:
         """The pause before asking again after ``error``; re-raises once retries run out."""
-        delay = backoff(self.attempt, self.deadline)
+        self.failing_since = self.failing_since or time.monotonic()
+        delay = backoff(self.attempt, give_up_at(self.failing_since, self.retry_for, self.deadline))
         if delay is None:
             raise error
         self.attempt += 1
@@ -275,7 +292,7 @@ class BroadcastWait:
 
     def handle(self, event: dict[str, Any] | None) -> tuple[bool, Message | None]:
         """``(done, message)`` for one event (None: the wait ended without one)."""
-        self.attempt = 0
+        self.attempt, self.failing_since = 0, 0.0
         if event is not None and event["type"] == "message":
             message = decode_message(event["data"], self.channel, "skipped")
             if message is not None:

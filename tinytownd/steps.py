@@ -10,6 +10,7 @@ or a :class:`Pause`. A driver carries each out and sends the reply back in:
 from __future__ import annotations
 
 import hashlib
+import random
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -132,28 +133,44 @@ Op = Generator[Step, Any, T]
 #: The errors after which a command may be sent again: the connection broke or timed out.
 RETRYABLE = (RedisConnectionError, RedisTimeoutError)
 
-#: Pauses before each retry of a command whose connection failed: about 1.8 s in
-#: all, enough to ride through a crash-restart of the local Redis (milliseconds).
-RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.5, 0.5)
+#: How long a command whose connection failed is retried: enough to ride through a
+#: crash-restart of the local Redis (milliseconds), and, behind Sentinel, a failover
+#: (about 30 s with Sentinel's defaults). ``channel.retry_for`` sets it per town.
+RETRY_FOR = 2.0
+RETRY_FOR_SENTINEL = 60.0
+#: The first pause, and the longest, between two retries (doubling in between).
+FIRST_RETRY, LONGEST_RETRY = 0.01, 0.5
 
 
-def retry_delay(step: Step, attempt: int) -> float | None:
+def retry_delay(
+    step: Step, attempt: int, failing_since: float, retry_for: float = RETRY_FOR
+) -> float | None:
     """How long to wait before retrying ``step`` after its ``attempt``-th connection
-    failure, or None to give up and raise. A retried write may have been applied
-    before the connection broke, so delivery is at-least-once."""
+    failure (the first at ``failing_since``, monotonic), or None to give up and raise.
+    A retried write may have been applied before the connection broke, so delivery
+    is at-least-once."""
     if isinstance(step, Move):
         return None  # receive_reliable must see the failure: see Move
-    return backoff(attempt, step.deadline if isinstance(step, Pop) else None)
+    deadline = step.deadline if isinstance(step, Pop) else None
+    return backoff(attempt, give_up_at(failing_since, retry_for, deadline))
 
 
-def backoff(attempt: int, deadline: float | None = None) -> float | None:
-    """The pause before retry number ``attempt`` (from 0), never past ``deadline``."""
-    if attempt >= len(RETRY_DELAYS):
-        return None
-    if deadline is None:
-        return RETRY_DELAYS[attempt]
+def give_up_at(failing_since: float, retry_for: float, deadline: float | None) -> float:
+    """When retries stop: ``retry_for`` after the first failure, and never past a
+    receive's own ``deadline``, so ``receive(timeout=t)`` never outlives ``t``."""
+    end = failing_since + retry_for
+    return end if deadline is None else min(end, deadline)
+
+
+def backoff(attempt: int, deadline: float) -> float | None:
+    """The pause before retry number ``attempt`` (from 0): doubling from FIRST_RETRY up
+    to LONGEST_RETRY, with jitter so that many clients do not retry in step; never past
+    ``deadline`` (monotonic), and None once it has passed."""
     left = deadline - time.monotonic()
-    return None if left <= 0 else min(RETRY_DELAYS[attempt], left)
+    if left <= 0:
+        return None
+    pause = min(LONGEST_RETRY, FIRST_RETRY * 2.0 ** min(attempt, 16)) * random.uniform(0.75, 1.25)
+    return min(pause, left)
 
 
 async def run_async(op: Op[T], execute: Callable[[Step], Awaitable[Any]]) -> T:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.sentinel import Sentinel
 
 from . import config as config_module
+from . import steps
 from .channel import Channel
 from .config import Config, redact_url
-from .errors import UnsupportedServerError
+from .errors import ConfigError, UnsupportedServerError
 from .paths import ProjectPaths, find_town
 from .peer import own_socket_client
 
@@ -47,6 +51,66 @@ def refuse_cluster(url: str, info: dict[str, Any]) -> None:
 
 #: Connection failures are left to the first operation, which reports them as usual.
 UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError)
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``: the
+    Sentinels to ask, the service (master) name, and the password and db of the primary."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    password: str | None
+
+    SCHEME = "redis+sentinel"
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        parts = urlsplit(url)
+        where = parts.netloc.rsplit("@", 1)[-1]
+        path = [piece for piece in parts.path.split("/") if piece]
+        try:
+            sentinels = [
+                (host or "127.0.0.1", int(port or 26379))
+                for host, _, port in (
+                    item.rpartition(":") if ":" in item else (item, "", "")
+                    for item in where.split(",")
+                )
+            ]
+            db = int(path[1]) if len(path) > 1 else 0
+        except ValueError:
+            sentinels, db = [], 0
+        if not sentinels or not path:
+            raise ConfigError(
+                f"{redact_url(url)}: expected redis+sentinel://[:password@]host:port[,host:port"
+                "...]/SERVICE[/DB], e.g. redis+sentinel://127.0.0.1:26379/mymaster"
+            )
+        return cls(sentinels, unquote(path[0]), db, unquote(parts.password or "") or None)
+
+
+def remote_client(url: str, options: dict[str, Any]) -> redis.Redis:
+    """A client of the Redis at ``url``; behind Sentinel, of whichever server is the
+    primary now (asked again after a failover)."""
+    if not is_sentinel(url):
+        return redis.Redis.from_url(url, **options)
+    where = SentinelURL.parse(url)
+    sentinel = Sentinel(where.sentinels, socket_timeout=5, socket_connect_timeout=5)
+    primary: redis.Redis = sentinel.master_for(
+        where.service, db=where.db, password=where.password, **options
+    )
+    return primary
+
+
+def is_sentinel(url: str) -> bool:
+    return url.startswith(SentinelURL.SCHEME + "://")
+
+
+def retry_budget(config: Config) -> float:
+    """``channel.retry_for``, or its automatic value for this kind of server."""
+    if config.channel.retry_for:
+        return config.channel.retry_for
+    return steps.RETRY_FOR_SENTINEL if is_sentinel(config.remote_url) else steps.RETRY_FOR
 
 
 def client_options(
@@ -96,10 +160,15 @@ class TownCore(Generic[ClientT, ChannelT]):
         """A channel bound to this town; ``reliable=True``: at-least-once receives."""
         town_broadcast = self.config.channel.broadcast == "town"
         return self._channel(
-            town_broadcast=town_broadcast, reliable=reliable, state=self.config.channel.state
+            town_broadcast=town_broadcast,
+            reliable=reliable,
+            state=self.config.channel.state,
+            retry_for=retry_budget(self.config),
         )
 
-    def _channel(self, *, town_broadcast: bool, reliable: bool, state: str) -> ChannelT:
+    def _channel(
+        self, *, town_broadcast: bool, reliable: bool, state: str, retry_for: float
+    ) -> ChannelT:
         raise NotImplementedError
 
 
@@ -120,16 +189,23 @@ class Town(TownCore[redis.Redis, Channel]):
         config, paths = prepare(directory, start)
         url, options = client_options(config, paths, redis.Redis)
         if url:
-            client = redis.Redis.from_url(url, **options)
+            client = remote_client(url, options)
             with contextlib.suppress(*UNREACHABLE):
                 refuse_cluster(url, client.info("cluster"))
         else:  # only to a server run by this user: the kernel says who serves the socket
             client = own_socket_client(options.pop("unix_socket_path"), **options)
         return cls(config, paths, client, stop_on_exit)
 
-    def _channel(self, *, town_broadcast: bool, reliable: bool, state: str) -> Channel:
+    def _channel(
+        self, *, town_broadcast: bool, reliable: bool, state: str, retry_for: float
+    ) -> Channel:
         return Channel(
-            self.redis, self.name, town_broadcast=town_broadcast, reliable=reliable, state=state
+            self.redis,
+            self.name,
+            town_broadcast=town_broadcast,
+            reliable=reliable,
+            state=state,
+            retry_for=retry_for,
         )
 
     def close(self) -> None:

@@ -270,8 +270,10 @@ def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
             supervised=False,
         )
         try:
-            remote = redis.Redis.from_url(
-                config.remote_url, socket_connect_timeout=5, socket_timeout=5
+            from ..town import remote_client
+
+            remote = remote_client(
+                config.remote_url, {"socket_connect_timeout": 5, "socket_timeout": 5}
             )
             report["redis_version"] = remote.info("server").get("redis_version")
         except redis.RedisError as err:
