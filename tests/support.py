@@ -118,3 +118,10 @@ def project_dir(base: Path, name: str = "town", config: str | None = None) -> It
 
 def redis_cli() -> str | None:
     return shutil.which("redis-cli")
+
+
+def town_at(root: Path, url: str) -> Path:
+    """A project directory whose town ("far") uses the Redis at ``url``."""
+    root.mkdir(exist_ok=True)
+    (root / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{url}"\n')
+    return root

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import tinytownd, wait_until
+from support import tinytownd, town_at, wait_until
 
 from tinytownd import Message, Town, aio
 from tinytownd.config import Config
@@ -106,12 +106,6 @@ def sentinel(tmp: Path) -> Iterator[Deployment]:
         yield deployment
     finally:
         deployment.stop()
-
-
-def town_at(root: Path, url: str) -> Path:
-    root.mkdir(exist_ok=True)
-    (root / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{url}"\n')
-    return root
 
 
 def test_a_sentinel_url_gives_a_channel_on_the_primary(tmp: Path, sentinel: Deployment) -> None:

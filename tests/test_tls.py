@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import tinytownd, wait_until
+from support import tinytownd, town_at, wait_until
 
 from tinytownd import Message, Town, aio
 
@@ -99,12 +99,6 @@ def tls_port(tmp: Path, pki: Path) -> Iterator[int]:
 @pytest.fixture
 def mutual_tls_port(tmp: Path, pki: Path) -> Iterator[int]:
     yield from _serve(tmp, pki, "yes")
-
-
-def town_at(root: Path, url: str) -> Path:
-    root.mkdir(exist_ok=True)
-    (root / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{url}"\n')
-    return root
 
 
 def test_the_channel_works_over_tls_sync_and_asyncio(tmp: Path, pki: Path, tls_port: int) -> None:

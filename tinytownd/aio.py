@@ -273,6 +273,8 @@ class OwnSocketConnection(aioredis.UnixDomainSocketConnection):
 class Town(TownCore[aioredis.Redis, Channel]):
     """:class:`tinytownd.Town` for asyncio."""
 
+    channel_class = Channel
+
     @classmethod
     async def connect(
         cls, directory: str | Path = ".", *, start: bool = True, stop_on_exit: bool = False
@@ -298,18 +300,6 @@ class Town(TownCore[aioredis.Redis, Channel]):
             )
             client = aioredis.Redis.from_pool(pool)
         return cls(config, paths, client, stop_on_exit)
-
-    def _channel(
-        self, *, town_broadcast: bool, reliable: bool, state: str, retry_for: float
-    ) -> Channel:
-        return Channel(
-            self.redis,
-            self.name,
-            town_broadcast=town_broadcast,
-            reliable=reliable,
-            state=state,
-            retry_for=retry_for,
-        )
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -156,24 +157,26 @@ class TownCore(Generic[ClientT, ChannelT]):
     def name(self) -> str:
         return self.config.name
 
+    #: The Channel class of this flavour (blocking or asyncio).
+    channel_class: Callable[..., ChannelT]
+
     def channel(self, *, reliable: bool = False) -> ChannelT:
         """A channel bound to this town; ``reliable=True``: at-least-once receives."""
-        town_broadcast = self.config.channel.broadcast == "town"
-        return self._channel(
-            town_broadcast=town_broadcast,
+        settings = self.config.channel
+        return self.channel_class(
+            self.redis,
+            self.name,
+            town_broadcast=settings.broadcast == "town",
             reliable=reliable,
-            state=self.config.channel.state,
+            state=settings.state,
             retry_for=retry_budget(self.config),
         )
-
-    def _channel(
-        self, *, town_broadcast: bool, reliable: bool, state: str, retry_for: float
-    ) -> ChannelT:
-        raise NotImplementedError
 
 
 class Town(TownCore[redis.Redis, Channel]):
     """One town: its settings, its Redis client and channels bound to its name."""
+
+    channel_class = Channel
 
     @classmethod
     def connect(
@@ -195,18 +198,6 @@ class Town(TownCore[redis.Redis, Channel]):
         else:  # only to a server run by this user: the kernel says who serves the socket
             client = own_socket_client(options.pop("unix_socket_path"), **options)
         return cls(config, paths, client, stop_on_exit)
-
-    def _channel(
-        self, *, town_broadcast: bool, reliable: bool, state: str, retry_for: float
-    ) -> Channel:
-        return Channel(
-            self.redis,
-            self.name,
-            town_broadcast=town_broadcast,
-            reliable=reliable,
-            state=state,
-            retry_for=retry_for,
-        )
 
     def close(self) -> None:
         self.redis.close()
