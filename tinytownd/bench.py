@@ -27,7 +27,7 @@ import redis
 from . import hashform
 from .channel import Channel
 from .config import Config, load
-from .daemon import control, redis_admin
+from .daemon import control, engine, redis_admin
 from .daemon.state import daemon_pid
 from .messages import Message
 from .paths import ProjectPaths
@@ -415,6 +415,7 @@ def supervisor_figures(progress: Progress, keys: int = 100_000) -> dict[str, Any
             if not appendonly:
                 client.save()
             figures[f"kill9_to_serving_ms_{label}"] = _recovery(paths, client)
+            figures[f"bare_load_ms_{label}"] = _bare_load(paths, appendonly)
     progress("idle daemon (30 s)", 0.8)
     with throwaway_town() as paths:
         daemon = psutil.Process(daemon_pid(paths))
@@ -467,6 +468,54 @@ def _load(client: redis.Redis, count: int) -> None:
         if i % 5000 == 4999:
             pipe.execute()
     pipe.execute()
+
+
+def _bare_load(paths: ProjectPaths, appendonly: bool, rounds: int = 5) -> float:
+    """The floor for a restart: the same server binary alone, spawned on a copy of the
+    town's files, until it answers PING (median of ``rounds``)."""
+    binary = engine.find_binary(load(paths.root), paths).path
+    times = []
+    with tempfile.TemporaryDirectory(prefix="ttf-", dir="/tmp") as scratch:
+        for name in ("dump.rdb", "appendonlydir"):
+            source = paths.state_dir / name
+            if source.is_dir():
+                shutil.copytree(source, Path(scratch) / name)
+            elif source.exists():
+                shutil.copy(source, Path(scratch) / name)
+        sock = str(Path(scratch) / "s.sock")
+        for _ in range(rounds):
+            began = time.perf_counter()
+            aof = "yes" if appendonly else "no"
+            server = subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    sock,
+                    "--dir",
+                    scratch,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    aof,
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            try:
+                client = redis.Redis(unix_socket_path=sock)
+                while True:
+                    try:
+                        if client.ping():
+                            break
+                    except (redis.ConnectionError, redis.BusyLoadingError):
+                        time.sleep(0.0005)
+                times.append((time.perf_counter() - began) * 1000)
+                client.close()
+            finally:
+                server.kill()
+                server.wait()
+    return statistics.median(times)
 
 
 def _recovery(paths: ProjectPaths, client: redis.Redis, rounds: int = 5) -> float:

@@ -85,9 +85,16 @@ def render(report: dict[str, Any]) -> str:
             "Supervisor",
             "",
             f"start to ready: {s['start_to_ready_ms_p50']:.0f} ms (p50)",
-            f"kill -9 to serving, empty: {s['kill9_to_serving_ms_empty']:.1f} ms (p50)",
-            f"kill -9 to serving, 100k keys, RDB: {s['kill9_to_serving_ms_rdb_100k']:.0f} ms",
-            f"kill -9 to serving, 100k keys, AOF: {s['kill9_to_serving_ms_aof_100k']:.0f} ms",
+            *(
+                f"kill -9 to serving, {what}: {s[f'kill9_to_serving_ms_{label}']:.1f} ms (p50); "
+                f"the server alone on the same files: {s[f'bare_load_ms_{label}']:.1f} ms "
+                f"({s[f'kill9_to_serving_ms_{label}'] / s[f'bare_load_ms_{label}']:.2f}x)"
+                for label, what in (
+                    ("empty", "empty"),
+                    ("rdb_100k", "100k keys, RDB"),
+                    ("aof_100k", "100k keys, AOF"),
+                )
+            ),
             f"idle daemon: {s['idle_cpu_percent']:.2f}% of one core, {s['idle_rss_mb']:.0f} MB RSS",
         ]
     return "\n".join(lines)
