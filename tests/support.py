@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -125,3 +126,10 @@ def town_at(root: Path, url: str) -> Path:
     root.mkdir(exist_ok=True)
     (root / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{url}"\n')
     return root
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import tinytownd, wait_until
+from support import free_port, tinytownd, wait_until
 
 from tinytownd import Message, Town, aio
 from tinytownd.config import Config
@@ -26,9 +25,7 @@ ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9
 @pytest.fixture
 def remote_url(tmp: Path) -> Iterator[str]:
     """A second, plain redis-server on 127.0.0.1 that requires a password."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [
             find_binary(Config(name="x")).path,
@@ -169,12 +166,6 @@ def test_a_url_naming_the_towns_own_socket_is_the_local_town(project: Path) -> N
     assert json.loads(tinytownd("status", "--json", "--dir", str(project)).stdout)["state"] == (
         "running"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

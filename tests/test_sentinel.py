@@ -4,7 +4,6 @@ and a forced failover under a sending and a receiving agent."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import threading
 import time
@@ -13,19 +12,13 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import tinytownd, town_at, wait_until
+from support import free_port, tinytownd, town_at, wait_until
 
 from tinytownd import Message, Town, aio
 from tinytownd.config import Config
 from tinytownd.daemon.engine import find_binary
 
 ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Deployment:

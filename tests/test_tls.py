@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import tinytownd, town_at, wait_until
+from support import free_port, tinytownd, town_at, wait_until
 
 from tinytownd import Message, Town, aio
 
@@ -64,9 +64,7 @@ def pki(tmp: Path) -> Path:
 
 
 def _serve(tmp: Path, pki: Path, auth_clients: str) -> Iterator[int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     assert SERVER is not None
     server = subprocess.Popen(
         [
