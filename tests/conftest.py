@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clusters import Cluster
 from hypothesis import settings
 from support import project_dir, tinytownd
 
@@ -49,6 +50,19 @@ health_interval = 0.1
 health_timeout = 0.5
 health_failures = 2
 """
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """One Redis Cluster (3 primaries, 3 replicas) for the whole session; tests flush it."""
+    root = Path(tempfile.mkdtemp(prefix="ttc-", dir="/tmp"))
+    running = Cluster(root)
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

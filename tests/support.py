@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,26 @@ def status(root: Path) -> dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def client(root: Path, **kwargs: Any) -> redis.Redis:
-    """A plain redis-py client on the town's socket; no retries, so tests see what is."""
+def client(root: Path, **kwargs: Any) -> Any:
+    """A plain redis-py client on the town's socket (or of the cluster its ``redis.url``
+    names); no retries, so tests see what is."""
+    url = remote_url(root)
+    if url:
+        return redis.RedisCluster.from_url(url, **kwargs)
     return redis.Redis(
         unix_socket_path=str(ProjectPaths.of(root).client_socket),
         retry=Retry(NoBackoff(), 0),
         **kwargs,
     )
+
+
+def remote_url(root: Path) -> str | None:
+    """The ``redis.url`` in the town's tinytown.toml, if any."""
+    toml = root / "tinytown.toml"
+    if not toml.exists():
+        return None
+    url: str | None = tomllib.loads(toml.read_text()).get("redis", {}).get("url")
+    return url
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:

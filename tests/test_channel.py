@@ -1,7 +1,9 @@
-"""The Channel API against a real town, once with redis-py and once with redis.asyncio.
+"""The Channel API against a real town, once with redis-py and once with redis.asyncio,
+on the town's own local Redis and on a Redis Cluster (``redis.url`` naming one node).
 
 Every case runs for both flavours through the same test body: ``channel`` is the
-blocking Channel, or the asyncio one driven by an event loop.
+blocking Channel, or the asyncio one driven by an event loop. Cases marked
+``local_only`` kill the town's Redis or use its socket.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any
 
 import pytest
 import redis
-from support import client
+from support import client, remote_url, tinytownd
 
 from tinytownd import Agent, AgentState, Message, Priority, StateError, Task, TaskState, Town, aio
+from tinytownd.keys import TownKeys
 
 ME = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b"
 
@@ -56,6 +59,41 @@ class Blocking:
     def __iter__(self) -> Iterator[Any]:
         while True:
             yield self.get()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "town" in metafunc.fixturenames:
+        local_only = metafunc.definition.get_closest_marker("local_only") is not None
+        metafunc.parametrize(
+            "town", ["local"] if local_only else ["local", "cluster"], indirect=True
+        )
+
+
+@pytest.fixture
+def town(request: pytest.FixtureRequest, project: Path) -> Path:
+    """The town "demo": running on its own Redis, or living on the session's cluster."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("cluster")
+        cluster.flush()
+        (project / "tinytown.toml").write_text(f'name = "demo"\n[redis]\nurl = "{cluster.url()}"\n')
+        return project
+    result = tinytownd("start", "--dir", str(project))
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+def processing(town: Path, agent_id: str) -> str:
+    """The name of the agent's processing list in this town (hash-tagged on a cluster)."""
+    return TownKeys("demo", cluster=remote_url(town) is not None).processing(agent_id)
+
+
+def subscribers(town: Path, channel: str) -> int:
+    """How many subscribe to ``channel``: on a cluster, each node counts its own."""
+    raw = client(town)
+    if not isinstance(raw, redis.RedisCluster):
+        return int(raw.pubsub_numsub(channel)[0][1])
+    nodes = [raw.get_redis_connection(node) for node in raw.get_nodes()]
+    return sum(int(node.pubsub_numsub(channel)[0][1]) for node in nodes)
 
 
 @pytest.fixture(params=["sync", "asyncio"])
@@ -257,17 +295,19 @@ def test_town_scoped_broadcast_channel(town: Path) -> None:
         channel = connected.channel()
         assert channel.keys.broadcast == "tt:demo:broadcast"
         with channel.subscribe() as subscription:
-            assert client(town).pubsub_numsub("tt:demo:broadcast") == [(b"tt:demo:broadcast", 1)]
+            assert subscribers(town, "tt:demo:broadcast") == 1
             channel.broadcast(Message.ping(ME, ME))
             assert subscription.get(timeout=5) is not None
 
 
+@pytest.mark.local_only
 def test_town_connect_starts_the_daemon(project: Path) -> None:
     with Town.connect(project) as connected:
         assert connected.name == "demo"
         assert connected.redis.ping()
 
 
+@pytest.mark.local_only
 def test_channel_accepts_any_redis_client(town: Path) -> None:
     from tinytownd import Channel
 
@@ -292,6 +332,7 @@ def test_every_entry_point_refuses_unsafe_town_names(name: str) -> None:
         aio.Channel(aio.aioredis.Redis(unix_socket_path="/nonexistent"), town=name)
 
 
+@pytest.mark.local_only
 def test_receive_never_outlives_its_timeout_and_reconnects_by_itself(
     channel: Any, town: Path
 ) -> None:
@@ -316,6 +357,7 @@ def test_receive_never_outlives_its_timeout_and_reconnects_by_itself(
     assert channel.receive(to, timeout=5) is not None
 
 
+@pytest.mark.local_only
 def test_a_subscription_survives_a_redis_crash(channel: Any, town: Path) -> None:
     import os
     import signal
@@ -355,12 +397,12 @@ def test_reliable_receive_keeps_a_message_until_the_next_receive(
     first.send(Message.task(ME, to, "two"))
     one = first.receive(to, timeout=5)
     assert one.body["description"] == "one"
-    assert raw.lrange(f"tt:demo:processing:{to}", 0, -1) == [one.to_json().encode()]
+    assert raw.lrange(processing(town, to), 0, -1) == [one.to_json().encode()]
     two = first.receive(to, timeout=5)  # asking for the next acknowledges "one"
     assert two.body["description"] == "two"
-    assert raw.llen(f"tt:demo:processing:{to}") == 1
+    assert raw.llen(processing(town, to)) == 1
     first.ack(to)
-    assert raw.llen(f"tt:demo:processing:{to}") == 0
+    assert raw.llen(processing(town, to)) == 0
     assert first.receive(to, timeout=0.1) is None
 
 
@@ -388,4 +430,4 @@ def test_reliable_receive_dead_letters_bad_payloads_too(
     reliable.send(Message.ping(ME, to))
     assert reliable.receive(to, timeout=5).type == "ping"
     assert raw.lrange(f"tt:demo:dead:{to}", 0, -1) == [b"\xffjunk"]
-    assert raw.lrange(f"tt:demo:processing:{to}", 0, -1) != [b"\xffjunk"]
+    assert raw.lrange(processing(town, to), 0, -1) != [b"\xffjunk"]

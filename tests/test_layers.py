@@ -17,7 +17,18 @@ import pytest
 
 import tinytownd
 
-CLIENT = ("channel", "aio", "town", "ops", "steps", "hashform", "messages", "records", "migrate")
+CLIENT = (
+    "channel",
+    "aio",
+    "town",
+    "ops",
+    "steps",
+    "routing",
+    "hashform",
+    "messages",
+    "records",
+    "migrate",
+)
 GROUND = ("errors", "keys", "wire", "paths", "config", "compat", "trust", "peer")
 DAEMON_SIDE = {"psutil"} | {
     f"tinytownd.daemon.{name}"
@@ -80,7 +91,8 @@ def test_the_client_and_the_ground_floor_use_only_control_of_the_daemon(module: 
 
 
 @pytest.mark.parametrize(
-    "module", ["ops", "steps", "hashform", "messages", "records", "wire", "keys", "migrate"]
+    "module",
+    ["ops", "steps", "routing", "hashform", "messages", "records", "wire", "keys", "migrate"],
 )
 def test_the_protocol_core_does_no_io_of_its_own(module: str) -> None:
     """Operations yield commands and take replies: no sockets, no clients, no sleeping."""

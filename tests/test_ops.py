@@ -153,9 +153,9 @@ def test_listings_read_each_key_by_its_type_and_report_what_is_not_state() -> No
     names = [KEYS.agent(agent.id).encode(), b"tt:t:agent:broken", b"tt:t:agent:gone"]
     steps, listing = drive(
         all_states(KEYS, Agent),
-        [[b"0", names], [b"string", b"list", b"none"], [agent.to_json().encode()]],
+        [[None], [b"0", names], [b"string", b"list", b"none"], [agent.to_json().encode()]],
     )
-    assert steps[1] == [("TYPE", name) for name in names]
-    assert steps[2] == [("GET", names[0])]
+    assert steps[2] == [("TYPE", name) for name in names]
+    assert steps[3] == [("GET", names[0])]
     assert listing.items == [agent]
     assert listing.problems == ["tt:t:agent:broken: a Redis list, not an agent or task"]

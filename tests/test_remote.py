@@ -16,7 +16,7 @@ from support import free_port, tinytownd, wait_until
 from tinytownd import Message, Town, aio
 from tinytownd.config import Config
 from tinytownd.daemon.engine import find_binary
-from tinytownd.errors import UnsupportedServerError
+from tinytownd.errors import ClusterUnusableError
 
 PASSWORD = "s3cret-for-tests"
 ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
@@ -170,7 +170,7 @@ def test_a_url_naming_the_towns_own_socket_is_the_local_town(project: Path) -> N
 
 @pytest.fixture
 def cluster_node_url(tmp: Path) -> Iterator[str]:
-    """A redis-server with cluster mode on: what a URL naming one node of a cluster reaches."""
+    """A redis-server with cluster mode on that serves no slot: a cluster not set up yet."""
     port, bus = free_port(), free_port()  # the bus port is given: port + 10000 may not exist
     node = tmp / "node"
     node.mkdir()
@@ -191,20 +191,21 @@ def cluster_node_url(tmp: Path) -> Iterator[str]:
         server.wait()
 
 
-def test_a_cluster_node_is_refused_in_one_line_never_a_wrong_answer(
+def test_a_cluster_that_serves_no_slot_is_one_line_never_a_wrong_answer(
     tmp: Path, cluster_node_url: str
 ) -> None:
     (tmp / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{cluster_node_url}"\n')
-    with pytest.raises(UnsupportedServerError, match="node of a Redis Cluster"):
+    with pytest.raises(ClusterUnusableError, match="cannot serve the town: All slots"):
         Town.connect(tmp)
 
     async def connect() -> None:
         await aio.Town.connect(tmp)
 
-    with pytest.raises(UnsupportedServerError):
+    with pytest.raises(ClusterUnusableError):
         asyncio.run(connect())
     for command in (["agents"], ["send", "--to", YOU, "--type", "ping"]):
         result = tinytownd(*command, "--dir", str(tmp))
-        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.returncode == 1 and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
-        assert "node of a Redis Cluster" in result.stderr
+        assert "Redis Cluster at redis://127.0.0.1" in result.stderr
+        assert "CLUSTER INFO" in result.stderr

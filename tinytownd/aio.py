@@ -17,10 +17,12 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.client import NEVER_DECODE
+from redis.exceptions import RedisClusterException, ResponseError
 
-from . import ops, steps
+from . import ops, routing, steps
 from .messages import Message
 from .peer import check_own
 from .records import Agent, Task
@@ -30,9 +32,10 @@ from .town import (
     SentinelURL,
     TownCore,
     client_options,
+    cluster_unusable,
+    is_cluster_node,
     is_sentinel,
     prepare,
-    refuse_cluster,
 )
 from .wire import Id, canonical_id
 
@@ -42,7 +45,7 @@ class Channel(ops.ChannelCore):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | aioredis.RedisCluster,
         town: str,
         *,
         town_broadcast: bool = True,
@@ -50,8 +53,12 @@ class Channel(ops.ChannelCore):
         state: str = "hash",
         retry_for: float = steps.RETRY_FOR,
     ) -> None:
-        super().__init__(town, town_broadcast, reliable, state, retry_for)
+        cluster = isinstance(client, aioredis.RedisCluster)
+        super().__init__(town, town_broadcast, reliable, state, retry_for, cluster)
         self.redis = client
+        # A cluster's slot map may be out of date (or, in a client not used yet, not
+        # read at all): ask for it first.
+        self._stale = cluster
 
     async def _execute(self, step: steps.Step) -> Any:
         attempt, failing_since = 0, 0.0
@@ -59,6 +66,7 @@ class Channel(ops.ChannelCore):
             try:
                 return await self._execute_once(step)
             except RETRYABLE:
+                self._stale = self.keys.cluster
                 failing_since = failing_since or time.monotonic()
                 delay = steps.retry_delay(step, attempt, failing_since, self.retry_for)
                 if delay is None:
@@ -70,28 +78,77 @@ class Channel(ops.ChannelCore):
         if isinstance(step, steps.Pause):
             await asyncio.sleep(step.seconds)
             return None
+        if self._stale:
+            await self._refresh()
+        if isinstance(step, steps.Primaries):
+            return self._cluster.get_primaries() if self.keys.cluster else [None]
+        if isinstance(step, steps.OnNode):
+            return (await self._send([step.command], step.node))[0]
         if isinstance(step, steps.Pop):
-            reply_by = step.reply_by()
-            if reply_by is None:
-                return step.value((await self._send(step.commands()))[-1])
-            left = max(0.0, reply_by - time.monotonic())
-            try:  # a cancelled command makes redis-py drop its connection
-                replies = await asyncio.wait_for(self._send(step.commands()), left)
-            except TimeoutError:
-                raise redis.TimeoutError("Redis did not answer by the receive's deadline") from None
-            return step.value(replies[-1])
+            return step.value(await self._pop(step))
         if isinstance(step, list):
-            return await self._send(step)
-        return await self.redis.execute_command(*step, **{NEVER_DECODE: True})
+            if not self.keys.cluster:
+                return await self._send(step)
+            groups = routing.route(step, self._node_of)
+            answered = await asyncio.gather(
+                *(self._send([step[i] for i in positions], node) for node, positions in groups)
+            )
+            positions = [positions for _, positions in groups]
+            return routing.merge(len(step), list(zip(positions, answered, strict=True)))
+        node = self._node_of(routing.key_of(step)) if self.keys.cluster else None
+        return (await self._send([step], node))[0]
 
-    async def _send(self, commands: list[steps.Command]) -> list[Any]:
-        """Replies to ``commands``, sent in one round trip."""
+    async def _pop(self, step: steps.Pop) -> Any:
+        """The reply to a pop's last command; past its ``reply_by``, a TimeoutError."""
+        reply_by = step.reply_by()
+        node = self._node_of(step.key) if self.keys.cluster else None
+        if reply_by is None:
+            return (await self._send(step.commands(), node))[-1]
+        left = max(0.0, reply_by - time.monotonic())
+        try:  # a cancelled command makes redis-py drop its connection
+            if node is None:
+                replies = await asyncio.wait_for(self._send(step.commands()), left)
+            else:
+                replies = await asyncio.wait_for(_send_on(node, step.commands()), left)
+        except TimeoutError:
+            raise redis.TimeoutError("Redis did not answer by the receive's deadline") from None
+        return replies[-1]
+
+    async def _send(self, commands: list[steps.Command], node: Any | None = None) -> list[Any]:
+        """Replies to ``commands``, sent in one round trip (to ``node`` of a cluster)."""
+        if node is not None:
+            pipeline = [
+                PipelineCommand(i, *c, **{NEVER_DECODE: True}) for i, c in enumerate(commands)
+            ]
+            await node.execute_pipeline(pipeline)
+            return routing.raise_first_error([command.result for command in pipeline])
         if len(commands) == 1:
             return [await self.redis.execute_command(*commands[0], **{NEVER_DECODE: True})]
         pipe = self.redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command, **{NEVER_DECODE: True})
         return await pipe.execute()
+
+    # -- a Redis Cluster: every command goes to its key's primary
+
+    @property
+    def _cluster(self) -> aioredis.RedisCluster:
+        assert isinstance(self.redis, aioredis.RedisCluster)
+        return self.redis
+
+    def _node_of(self, key: Any | None) -> Any:
+        if key is None:
+            return self._cluster.get_default_node()
+        return self._cluster.get_node_from_key(key)
+
+    async def _refresh(self) -> None:
+        """Ask the cluster for its slot map again (after MOVED, or a node that failed)."""
+        try:
+            await self._cluster.initialize()  # reads the map once; then does nothing
+            await self._cluster.nodes_manager.initialize()
+        except (redis.RedisError, RedisClusterException) as error:
+            raise redis.ConnectionError(f"Redis Cluster unreachable: {error}") from error
+        self._stale = False
 
     async def run(self, op: steps.Op[steps.T]) -> steps.T:
         """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""
@@ -104,10 +161,10 @@ class Channel(ops.ChannelCore):
         return await self.run(ops.send_many(self.keys, messages))
 
     async def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
-        return await self.run(ops.receiving(self.keys, agent_id, timeout, self.held(agent_id)))
+        return await self.run(self.receiving(agent_id, timeout))
 
     async def try_receive(self, agent_id: Id) -> Message | None:
-        return await self.run(ops.receiving(self.keys, agent_id, 0, self.held(agent_id)))
+        return await self.run(self.receiving(agent_id, 0))
 
     async def ack(self, agent_id: Id) -> None:
         """Reliable channels: done with the last message received for ``agent_id`` (the
@@ -179,11 +236,34 @@ class Channel(ops.ChannelCore):
         return await self.run(ops.all_states(self.keys, Task))
 
 
+async def _send_on(node: ClusterNode, commands: list[steps.Command]) -> list[Any]:
+    """Replies to ``commands`` on a connection of ``node`` taken for this call alone, and
+    dropped if the call is cut short (a reply may still arrive: never reuse it)."""
+    connection = node.acquire_connection()
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response(disable_decoding=True))
+            except ResponseError as error:
+                replies.append(error)
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        node.release(connection)
+    return routing.raise_first_error(replies)
+
+
 class Subscription:
     """Broadcast messages as an async iterator; ``async with`` closes it."""
 
     def __init__(
-        self, client: aioredis.Redis, channel: str, retry_for: float = steps.RETRY_FOR
+        self,
+        client: aioredis.Redis | aioredis.RedisCluster,
+        channel: str,
+        retry_for: float = steps.RETRY_FOR,
     ) -> None:
         self.channel, self.retry_for = channel, retry_for
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -270,7 +350,7 @@ class OwnSocketConnection(aioredis.UnixDomainSocketConnection):
         await self.on_connect()
 
 
-class Town(TownCore[aioredis.Redis, Channel]):
+class Town(TownCore[aioredis.Redis | aioredis.RedisCluster, Channel]):
     """:class:`tinytownd.Town` for asyncio."""
 
     channel_class = Channel
@@ -289,10 +369,17 @@ class Town(TownCore[aioredis.Redis, Channel]):
             )
         elif url:
             client = aioredis.Redis.from_url(url, **options)
-        if url:
+        if url and not is_sentinel(url):
             with contextlib.suppress(*UNREACHABLE):
-                refuse_cluster(url, await client.info("cluster"))
-        else:
+                if is_cluster_node(await client.info("cluster")):
+                    await client.aclose()
+                    client = aioredis.RedisCluster.from_url(url, **options)
+                    try:
+                        await client.initialize()
+                    except RedisClusterException as error:
+                        await client.aclose()
+                        raise cluster_unusable(url, error) from None
+        elif not url:
             pool = aioredis.ConnectionPool(
                 connection_class=OwnSocketConnection,
                 path=options.pop("unix_socket_path"),

@@ -84,6 +84,7 @@ def compare(
 
 def channel_rows(channel: Channel, n: int, progress: Progress, label: str = "") -> list[Row]:
     r = channel.redis
+    assert isinstance(r, redis.Redis)  # bench runs on a local town
     agent, sender = str(uuid.uuid4()), str(uuid.uuid4())
     message = Message.task(sender, agent, "Fix the bug in auth.rs")
     payload = message.to_json().encode()

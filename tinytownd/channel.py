@@ -13,8 +13,9 @@ from typing import Any
 
 import redis
 from redis.client import NEVER_DECODE
+from redis.exceptions import RedisClusterException
 
-from . import ops, steps
+from . import ops, routing, steps
 from .messages import Message
 from .records import Agent, Task
 from .wire import Id, canonical_id
@@ -23,7 +24,9 @@ from .wire import Id, canonical_id
 class Channel(ops.ChannelCore):
     """Send and receive messages and keep agent and task state for one town.
 
-    ``client`` is any ``redis.Redis``. Blocking receives need a client without a
+    ``client`` is any ``redis.Redis``, or a ``redis.RedisCluster``: then each command
+    goes to its key's primary, listings visit every primary, and the slot map is asked
+    for again after a MOVED or a failed node. Blocking receives need a client without a
     ``socket_timeout`` shorter than the receive timeout (``Town.channel()`` gives one).
 
     ``reliable=True`` makes receives at-least-once: a message moves to
@@ -34,7 +37,7 @@ class Channel(ops.ChannelCore):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | redis.RedisCluster,
         town: str,
         *,
         town_broadcast: bool = True,
@@ -42,8 +45,10 @@ class Channel(ops.ChannelCore):
         state: str = "hash",
         retry_for: float = steps.RETRY_FOR,
     ) -> None:
-        super().__init__(town, town_broadcast, reliable, state, retry_for)
+        cluster = isinstance(client, redis.RedisCluster)
+        super().__init__(town, town_broadcast, reliable, state, retry_for, cluster)
         self.redis = client
+        self._stale = False  # a cluster's slot map may be out of date: ask for it first
 
     def _execute(self, step: steps.Step) -> Any:
         attempt, failing_since = 0, 0.0
@@ -51,6 +56,7 @@ class Channel(ops.ChannelCore):
             try:
                 return self._execute_once(step)
             except steps.RETRYABLE:
+                self._stale = self.keys.cluster
                 failing_since = failing_since or time.monotonic()
                 delay = steps.retry_delay(step, attempt, failing_since, self.retry_for)
                 if delay is None:
@@ -62,28 +68,80 @@ class Channel(ops.ChannelCore):
         if isinstance(step, steps.Pause):
             time.sleep(step.seconds)
             return None
+        if self._stale:
+            self._refresh()
+        if isinstance(step, steps.Primaries):
+            return self._cluster.get_primaries() if self.keys.cluster else [None]
+        if isinstance(step, steps.OnNode):
+            return self._client(step.node).execute_command(*step.command, **{NEVER_DECODE: True})
         if isinstance(step, steps.Pop):
-            return step.value(self._send(step.commands(), step.reply_by())[-1])
+            replies = self._send(self._client_of(step.key), step.commands(), step.reply_by())
+            return step.value(replies[-1])
         if isinstance(step, list):
-            return self._send(step)
-        return self.redis.execute_command(*step, **{NEVER_DECODE: True})
+            if not self.keys.cluster:
+                return self._send(self._client(None), step)
+            groups = routing.route(step, self._node_of)
+            answered = [
+                (positions, self._send(self._client(node), [step[i] for i in positions]))
+                for node, positions in groups
+            ]
+            return routing.merge(len(step), answered)
+        client = self._client_of(routing.key_of(step))
+        return client.execute_command(*step, **{NEVER_DECODE: True})
 
-    def _send(self, commands: list[steps.Command], reply_by: float | None = None) -> list[Any]:
-        """Replies to ``commands``, sent in one round trip; past ``reply_by`` (monotonic)
-        without an answer, the connection is dropped and ``redis.TimeoutError`` raised."""
-        if reply_by is not None and isinstance(self.redis, redis.Redis):
-            return self._send_until(commands, reply_by)
+    # -- a Redis Cluster: every command goes to its key's primary, on that node's client
+
+    @property
+    def _cluster(self) -> redis.RedisCluster:
+        assert isinstance(self.redis, redis.RedisCluster)
+        return self.redis
+
+    def _node_of(self, key: Any | None) -> Any:
+        if key is None:
+            return self._cluster.get_default_node()
+        return self._cluster.get_node_from_key(key)
+
+    def _client(self, node: Any | None) -> redis.Redis:
+        """The plain client of ``node`` (None: the one server)."""
+        if node is None:
+            assert isinstance(self.redis, redis.Redis)
+            return self.redis
+        client: redis.Redis = self._cluster.get_redis_connection(node)
+        return client
+
+    def _client_of(self, key: Any | None) -> redis.Redis:
+        return self._client(self._node_of(key) if self.keys.cluster else None)
+
+    def _refresh(self) -> None:
+        """Ask the cluster for its slot map again (after MOVED, or a node that failed)."""
+        try:
+            self._cluster.nodes_manager.initialize()
+        except (redis.RedisError, RedisClusterException) as error:
+            raise redis.ConnectionError(f"Redis Cluster unreachable: {error}") from error
+        self._stale = False
+
+    def _send(
+        self, client: redis.Redis, commands: list[steps.Command], reply_by: float | None = None
+    ) -> list[Any]:
+        """Replies to ``commands``, sent to ``client`` in one round trip; past ``reply_by``
+        (monotonic) without an answer, the connection is dropped and ``redis.TimeoutError``
+        raised."""
+        if reply_by is not None and isinstance(client, redis.Redis):
+            return self._send_until(client, commands, reply_by)
         if len(commands) == 1:
-            return [self.redis.execute_command(*commands[0], **{NEVER_DECODE: True})]
-        pipe = self.redis.pipeline(transaction=False)
+            return [client.execute_command(*commands[0], **{NEVER_DECODE: True})]
+        pipe = client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command, **{NEVER_DECODE: True})
         return pipe.execute()
 
-    def _send_until(self, commands: list[steps.Command], reply_by: float) -> list[Any]:
+    @staticmethod
+    def _send_until(
+        client: redis.Redis, commands: list[steps.Command], reply_by: float
+    ) -> list[Any]:
         # redis-py has no per-command read timeout, and the client's socket_timeout
         # would cut every blocking pop short; so wait for each reply ourselves.
-        pool = self.redis.connection_pool
+        pool = client.connection_pool
         connection = pool.get_connection()
         try:
             connection.send_packed_command(connection.pack_commands(commands))
@@ -113,11 +171,11 @@ class Channel(ops.ChannelCore):
 
     def receive(self, agent_id: Id, timeout: float | timedelta | None = 30) -> Message | None:
         """The next message for ``agent_id``, waiting up to ``timeout`` (None: forever)."""
-        return self.run(ops.receiving(self.keys, agent_id, timeout, self.held(agent_id)))
+        return self.run(self.receiving(agent_id, timeout))
 
     def try_receive(self, agent_id: Id) -> Message | None:
         """The next message if one is waiting, else None at once."""
-        return self.run(ops.receiving(self.keys, agent_id, 0, self.held(agent_id)))
+        return self.run(self.receiving(agent_id, 0))
 
     def ack(self, agent_id: Id) -> None:
         """Reliable channels: done with the last message received for ``agent_id`` (the
@@ -188,15 +246,23 @@ class Channel(ops.ChannelCore):
         """Every readable task, and a line for each key that is not one."""
         return self.run(ops.all_states(self.keys, Task))
 
+    def info(self, section: str | None = None) -> list[dict[str, Any]]:
+        """``INFO`` from the server, or from each primary of a cluster."""
+        nodes = self._cluster.get_primaries() if self.keys.cluster else [None]
+        return [self._client(node).info(section) for node in nodes]
+
 
 class Subscription:
     """Broadcast messages from one pub/sub channel; close it (or use ``with``) when done."""
 
     def __init__(
-        self, client: redis.Redis, channel: str, retry_for: float = steps.RETRY_FOR
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        channel: str,
+        retry_for: float = steps.RETRY_FOR,
     ) -> None:
         self.channel, self.retry_for = channel, retry_for
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub: Any = client.pubsub(ignore_subscribe_messages=True)  # or ClusterPubSub
         self._pubsub.subscribe(channel)
 
     def get(self, timeout: float | None = None) -> Message | None:

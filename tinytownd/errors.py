@@ -62,6 +62,10 @@ class UnsupportedServerError(ConfigError):
     """``redis.url`` names a kind of server the Channel cannot use as it is set up."""
 
 
+class ClusterUnusableError(TinytownError):
+    """``redis.url`` names a node of a Redis Cluster that cannot serve every key yet."""
+
+
 class ForeignSocketError(StartupError):
     """The socket path is served by a process that is not this town's Redis."""
 

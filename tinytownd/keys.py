@@ -6,10 +6,16 @@ Schema (``<town>`` is a validated town name, ``<id>`` an agent or task UUID)::
     tt:<town>:urgent:<id>    list    urgent sends (LPUSH), taken before the inbox
     tt:<town>:dead:<id>      list    inbox payloads that were not valid messages
     tt:<town>:processing:<id> list   taken by a reliable receiver, not yet acknowledged
+    tt:<town>:processing:{tt:<town>:inbox:<id>}   on a Redis Cluster: the same, in the
+    tt:<town>:processing:{tt:<town>:urgent:<id>}  slot of the list it was taken from
     tt:<town>:agent:<id>     hash    agent state (or a JSON string: the documented form)
     tt:<town>:task:<id>      hash    task state (or a JSON string)
     tt:<town>:broadcast      pub/sub broadcast channel (the default, where tinytown 0.10 publishes)
     tt:broadcast             pub/sub the documented broadcast channel (opt-in)
+
+On a Redis Cluster every name tinytown uses stays as it is, so Rust agents on the same
+cluster still interoperate; only our own processing lists carry a hash tag (``{...}``),
+because a message can move atomically only within one slot.
 
 Keys written by tinytown before 0.9 had no town segment (``tt:agent:<id>``,
 ``tt:inbox:<id>``, ..., ``tt:backlog``); :func:`legacy_target` maps them to
@@ -62,10 +68,11 @@ def town_name_for(directory_name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TownKeys:
-    """Key and channel names for one town."""
+    """Key and channel names for one town (``cluster``: as kept on a Redis Cluster)."""
 
     town: str
     town_broadcast: bool = False
+    cluster: bool = False
     _base: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,7 +89,21 @@ class TownKeys:
         return f"{self._base}dead:{agent_id}"
 
     def processing(self, agent_id: str) -> str:
+        """Where a reliable receiver keeps what it took from the inbox."""
+        if self.cluster:
+            return f"{self._base}processing:{{{self.inbox(agent_id)}}}"
         return f"{self._base}processing:{agent_id}"
+
+    def urgent_processing(self, agent_id: str) -> str:
+        """Where a reliable receiver keeps what it took from the urgent list: the inbox's
+        processing list on one server, a list in the urgent list's slot on a cluster."""
+        if self.cluster:
+            return f"{self._base}processing:{{{self.urgent(agent_id)}}}"
+        return self.processing(agent_id)
+
+    def processing_lists(self, agent_id: str) -> list[str]:
+        """Every list a reliable receiver of this agent may hold messages in."""
+        return list(dict.fromkeys((self.processing(agent_id), self.urgent_processing(agent_id))))
 
     def agent(self, agent_id: str) -> str:
         return f"{self._base}agent:{agent_id}"

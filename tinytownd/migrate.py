@@ -1,8 +1,9 @@
 """Changing keys in bulk, safely: ``tinytownd migrate`` and ``restore --rename-town``.
 
 Each key moves with one RENAMENX: atomic, and never over an existing key (that
-is reported as a conflict and left alone). ``migrate --state`` rewrites agent and
-task state between the hash and JSON forms, each key in one compare-and-swap.
+is reported as a conflict and left alone); on a Redis Cluster, where the old and new
+names live in different slots, with :func:`move_across_slots`. ``migrate --state``
+rewrites agent and task state between the hash and JSON forms, each key in one compare-and-swap.
 Running either again finds nothing to do.
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from redis.exceptions import ResponseError as RedisResponseError
+
 from . import hashform
 from .errors import StateError
 from .keys import PREFIX, TownKeys, legacy_target, validate_town_name
 from .ops import STATE_FORMS, decode_state, scan
 from .records import Agent, Task
-from .steps import Op
+from .steps import OnNode, Op, Primaries
 
 Progress = Callable[["MigrationReport"], None]
 
@@ -43,37 +46,86 @@ def rename_keys(
     progress: Progress | None = None,
     batch: int = 1000,
 ) -> Op[MigrationReport]:
-    """Rename every key matching ``pattern`` to ``target(key)`` (skipping None)."""
+    """Rename every key matching ``pattern`` to ``target(key)`` (skipping None), on
+    every primary of a cluster."""
     report = MigrationReport()
-    cursor: bytes | int = 0
-    while True:
-        cursor, keys = yield ("SCAN", cursor, "MATCH", pattern, "COUNT", batch)
-        report.scanned += len(keys)
-        for key in keys:
-            new = target(_text(key))
-            if new is None:
-                continue
-            pair = (_text(key), new)
-            if dry_run:
-                exists = yield ("EXISTS", _bytes(new))
-                (report.conflicts if exists else report.moved).append(pair)
-            else:
-                renamed = yield ("RENAMENX", key, _bytes(new))
-                (report.moved if renamed else report.conflicts).append(pair)
-        if progress is not None:
-            progress(report)
-        if int(cursor) == 0:
-            return report
+    nodes = yield Primaries()
+    cluster = nodes != [None]
+    for node in nodes:
+        cursor: bytes | int = 0
+        while True:
+            cursor, keys = yield OnNode(node, ("SCAN", cursor, "MATCH", pattern, "COUNT", batch))
+            report.scanned += len(keys)
+            for key in keys:
+                new = target(_text(key))
+                if new is None:
+                    continue
+                pair = (_text(key), new)
+                moved: bool | None
+                if dry_run:
+                    exists = yield ("EXISTS", _bytes(new))
+                    moved = not exists
+                elif cluster:
+                    moved = yield from move_across_slots(key, _bytes(new))
+                    if moved is None:
+                        continue  # emptied or deleted since SCAN saw it
+                else:
+                    moved = yield ("RENAMENX", key, _bytes(new))
+                (report.moved if moved else report.conflicts).append(pair)
+            if progress is not None:
+                progress(report)
+            if int(cursor) == 0:
+                break
+    return report
+
+
+#: Delete KEYS[1] only while it still holds the value DUMP gave (ARGV[1]): 1 deleted,
+#: 0 gone already, -1 changed since.
+_DELETE_IF_SAME = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('DUMP', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+def move_across_slots(old: bytes, new: bytes, attempts: int = 10) -> Op[bool | None]:
+    """Move ``old`` to ``new`` where one RENAMENX cannot: in a Redis Cluster the two
+    names usually hash to different slots. True once moved; False for a conflict (a
+    different ``new`` exists, or ``old`` kept changing); None when ``old`` vanished.
+
+    DUMP, RESTORE (never over an existing key), then DEL of ``old`` only while it still
+    holds what was copied. Nothing is ever lost: ``old`` goes only once ``new`` holds
+    the same value. Nothing is duplicated: a key that changed, or vanished, while it
+    moved has its copy taken back (only if the copy is still untouched) and is tried
+    again. A run stopped between RESTORE and DEL is finished by the next run, which
+    finds ``new`` holding exactly ``old``'s value.
+    """
+    for _ in range(attempts):
+        payload = yield ("DUMP", old)
+        if payload is None:
+            return None  # gone since SCAN saw it
+        ttl = yield ("PTTL", old)
+        try:
+            yield ("RESTORE", new, max(int(ttl), 0), payload)
+        except RedisResponseError as err:
+            if not str(err).startswith("BUSYKEY"):
+                raise
+            if (yield ("DUMP", new)) != payload:
+                return False  # a different key by the new name: a conflict, left alone
+        deleted = yield ("EVAL", _DELETE_IF_SAME, 1, old, payload)
+        if deleted == 1:
+            return True
+        if (yield ("EVAL", _DELETE_IF_SAME, 1, new, payload)) == -1:
+            return False  # the copy was written to meanwhile: keep both, report it
+        if deleted == 0:
+            return None  # ``old`` was emptied meanwhile (a popped inbox): nothing to move
+    return False
 
 
 def count_keys(town: str, batch: int = 1000) -> Op[int]:
     """How many ``tt:<town>:...`` keys there are (SCAN, never KEYS)."""
-    count, cursor = 0, b"0"
-    while True:
-        cursor, keys = yield ("SCAN", cursor, "MATCH", f"{PREFIX}:{town}:*", "COUNT", batch)
-        count += len(keys)
-        if int(cursor) == 0:
-            return count
+    return len((yield from scan(f"{PREFIX}:{town}:*", batch)))
 
 
 def migrate(

@@ -30,9 +30,11 @@ from .steps import (
     RETRYABLE,
     Command,
     Move,
+    OnNode,
     Op,
     Pause,
     Pop,
+    Primaries,
     TakeNow,
     backoff,
     give_up_at,
@@ -90,7 +92,15 @@ def decode_message(raw: bytes | str, where: str, fate: str) -> Message | None:
         return None
 
 
-def receive(keys: TownKeys, agent_id: Id, timeout: float | timedelta | None) -> Op[Message | None]:
+#: On a Redis Cluster an agent's urgent list and inbox live in different slots, so no
+#: one blocking command can wait on both: a receive waits on the inbox in slices this
+#: long (seconds) and looks at the urgent list between them.
+URGENT_CHECK = 1.0
+
+
+def receive(
+    keys: TownKeys, agent_id: Id, timeout: float | timedelta | None, retry_for: float = RETRY_FOR
+) -> Op[Message | None]:
     """BLPOP the inbox; an invalid payload moves, byte for byte, to the dead-letter list and
     the wait goes on for what is left of ``timeout``. None waits forever, 0 does not wait."""
     agent = canonical_id(agent_id, "agent id")
@@ -98,8 +108,7 @@ def receive(keys: TownKeys, agent_id: Id, timeout: float | timedelta | None) -> 
     wait = seconds(timeout)
     deadline = None if wait is None else time.monotonic() + wait
     while True:
-        # Urgent first, as tinytown's agents do, in the same blocking call.
-        raw = yield Pop(inbox, deadline, keys.urgent(agent))
+        raw = yield from _pop(keys, agent, deadline, retry_for)
         if raw is None:
             return None
         message = decode_message(raw, inbox, "moved to " + keys.dead(agent))
@@ -110,12 +119,44 @@ def receive(keys: TownKeys, agent_id: Id, timeout: float | timedelta | None) -> 
             return None
 
 
+def _pop(keys: TownKeys, agent: str, deadline: float | None, retry_for: float) -> Op[Any]:
+    """The head of the agent's urgent list, else of its inbox, waiting until ``deadline``."""
+    urgent, inbox = keys.urgent(agent), keys.inbox(agent)
+    if not keys.cluster:  # urgent first, as tinytown's agents do, in one blocking call
+        return (yield Pop(inbox, deadline, urgent))
+    attempt, failing_since = 0, 0.0
+    while True:
+        try:
+            raw = yield Pop(urgent, time.monotonic())
+            if raw is None:
+                raw = yield Pop(inbox, _slice_end(keys, deadline))
+        except RETRYABLE:  # a slice's retries end with the slice; the receive's go on
+            failing_since = failing_since or time.monotonic()
+            delay = backoff(attempt, give_up_at(failing_since, retry_for, deadline))
+            if delay is None:
+                raise
+            attempt += 1
+            yield Pause(delay)
+            continue
+        if raw is not None or (deadline is not None and time.monotonic() >= deadline):
+            return raw
+
+
+def _slice_end(keys: TownKeys, deadline: float | None) -> float | None:
+    """How long one blocking take may wait: to the deadline, or on a cluster one slice."""
+    if not keys.cluster:
+        return deadline
+    end = time.monotonic() + URGENT_CHECK
+    return end if deadline is None else min(deadline, end)
+
+
 @dataclass
 class Inflight:
     """What a reliable receiver holds for one agent."""
 
     payload: bytes | None = None  # delivered to the caller, not acknowledged yet
-    checked: bool = False  # the processing list was looked at by this receiver
+    source: str | None = None  # the processing list that holds ``payload``
+    checked: bool = False  # the processing lists were looked at by this receiver
     retry_for: float = RETRY_FOR  # the channel's retry budget
 
 
@@ -130,12 +171,13 @@ class ChannelCore:
         reliable: bool,
         state: str,
         retry_for: float = RETRY_FOR,
+        cluster: bool = False,
     ) -> None:
         if state not in STATE_FORMS:
             raise ValueError(f"state must be one of {', '.join(STATE_FORMS)}, not {state!r}")
         #: Seconds a command whose connection failed is retried (``channel.retry_for``).
         self.retry_for = retry_for
-        self.keys = TownKeys(town, town_broadcast)
+        self.keys = TownKeys(town, town_broadcast, cluster)
         self.reliable = reliable
         self.state_form = state
         self._inflight: dict[str, Inflight] = {}
@@ -145,6 +187,13 @@ class ChannelCore:
         for problem in listing.problems:
             log.warning("skipped %s", problem)
         return listing.items
+
+    def receiving(self, agent_id: Id, timeout: float | timedelta | None) -> Op[Message | None]:
+        """The receive this channel runs: reliable when it keeps ``inflight`` state."""
+        inflight = self.held(agent_id)
+        if inflight is None:
+            return receive(self.keys, agent_id, timeout, self.retry_for)
+        return receive_reliable(self.keys, agent_id, timeout, inflight)
 
     def held(self, agent_id: Id) -> Inflight | None:
         """The agent's reliable-receive state (None for plain receivers)."""
@@ -173,26 +222,18 @@ def receive_reliable(
         raw = None
         if not inflight.checked:
             yield from acknowledge(keys, agent, inflight)
-            raw = yield ("LINDEX", processing, 0)  # left behind, never acknowledged
+            for held_in in keys.processing_lists(agent):  # left behind, never acknowledged
+                raw = yield ("LINDEX", held_in, 0)
+                if raw is not None:
+                    inflight.source = held_in
+                    break
             inflight.checked = True
         if raw is None:
             try:
-                # Urgent first, then the inbox, the previous message acknowledged on the
-                # way: one round trip when a message is waiting; else wait on the inbox.
-                take = TakeNow(
-                    inbox,
-                    time.monotonic(),
-                    urgent=keys.urgent(agent),
-                    target=processing,
-                    ack=inflight.payload,
-                )
-                try:
-                    raw = yield take
-                except RedisNoScriptError:
-                    raw = yield replace(take, by_text=True)
-                inflight.payload = None
+                raw = yield from _take_now(keys, agent, inflight)
                 if raw is None and (deadline is None or deadline - time.monotonic() >= _MIN_BLOCK):
-                    raw = yield Move(inbox, deadline, target=processing)
+                    raw = yield Move(inbox, _slice_end(keys, deadline), target=processing)
+                    inflight.source = processing
             except RETRYABLE:
                 failing_since = failing_since or time.monotonic()
                 delay = backoff(attempt, give_up_at(failing_since, inflight.retry_for, deadline))
@@ -203,29 +244,46 @@ def receive_reliable(
                 inflight.checked = False  # the move may have happened, its reply lost
                 continue
         if raw is None:
+            if deadline is None or deadline - time.monotonic() >= _MIN_BLOCK:
+                continue  # a cluster's slice ended: look at the urgent list again
             return None
         message = decode_message(raw, inbox, "moved to " + keys.dead(agent))
         if message is not None:
             inflight.payload = raw
             return message
-        yield [("RPUSH", keys.dead(agent), raw), ("LREM", processing, 1, raw)]
+        yield [("RPUSH", keys.dead(agent), raw), ("LREM", inflight.source or processing, 1, raw)]
         if deadline is not None and time.monotonic() >= deadline:
             return None
 
 
-def receiving(
-    keys: TownKeys, agent_id: Id, timeout: float | timedelta | None, inflight: Inflight | None
-) -> Op[Message | None]:
-    """The receive a channel runs: reliable when it keeps ``inflight`` state, else plain."""
-    if inflight is None:
-        return receive(keys, agent_id, timeout)
-    return receive_reliable(keys, agent_id, timeout, inflight)
+def _take_now(keys: TownKeys, agent: str, inflight: Inflight) -> Op[Any]:
+    """Without waiting: acknowledge the previous delivery and move the head of the urgent
+    list, else of the inbox, to its processing list. One round trip on one server (a
+    script); on a cluster, where the two lists live in different slots, one per list."""
+    urgent, inbox, processing = keys.urgent(agent), keys.inbox(agent), keys.processing(agent)
+    if keys.cluster:
+        yield from acknowledge(keys, agent, inflight)
+        held_in = keys.urgent_processing(agent)
+        raw = yield Move(urgent, time.monotonic(), target=held_in)
+        if raw is None:
+            held_in = processing
+            raw = yield Move(inbox, time.monotonic(), target=held_in)
+        inflight.source = held_in
+        return raw
+    take = TakeNow(inbox, time.monotonic(), urgent=urgent, target=processing, ack=inflight.payload)
+    try:
+        raw = yield take
+    except RedisNoScriptError:
+        raw = yield replace(take, by_text=True)
+    inflight.payload, inflight.source = None, processing
+    return raw
 
 
 def acknowledge(keys: TownKeys, agent_id: Id, inflight: Inflight) -> Op[None]:
     """Drop the delivered message from the processing list: the receiver is done with it."""
     if inflight.payload is not None:
-        yield ("LREM", keys.processing(canonical_id(agent_id, "agent id")), 1, inflight.payload)
+        held_in = inflight.source or keys.processing(canonical_id(agent_id, "agent id"))
+        yield ("LREM", held_in, 1, inflight.payload)
         inflight.payload = None
 
 
@@ -356,14 +414,32 @@ def _text(value: Any) -> str:
 
 
 def scan(pattern: str, count: int = 1000) -> Op[list[bytes]]:
-    """Every key matching ``pattern``, by SCAN (never KEYS, which blocks Redis)."""
+    """Every key matching ``pattern``, by SCAN (never KEYS, which blocks Redis), on every
+    primary of a cluster."""
     found: list[bytes] = []
-    cursor: Any = 0
-    while True:
-        cursor, batch = yield ("SCAN", cursor, "MATCH", pattern, "COUNT", count)
-        found.extend(batch)
-        if int(cursor) == 0:
-            return found
+    for node in (yield Primaries()):
+        cursor: Any = 0
+        while True:
+            cursor, batch = yield OnNode(node, ("SCAN", cursor, "MATCH", pattern, "COUNT", count))
+            found.extend(batch)
+            if int(cursor) == 0:
+                break
+    return found
+
+
+def queue_lengths(keys: TownKeys, agent_ids: list[str]) -> Op[list[tuple[int, int, int, int]]]:
+    """Each agent's inbox, urgent, processing and dead-letter lengths, in one round trip."""
+    per_agent = [
+        [keys.inbox(a), keys.urgent(a), *keys.processing_lists(a), keys.dead(a)] for a in agent_ids
+    ]
+    if not per_agent:
+        return []
+    replies = iter((yield [("LLEN", key) for lists in per_agent for key in lists]))
+    lengths = []
+    for lists in per_agent:
+        inbox, urgent, *processing, dead = (int(next(replies)) for _ in lists)
+        lengths.append((inbox, urgent, sum(processing), dead))
+    return lengths
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,11 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from redis.exceptions import AskError as RedisAskError
+from redis.exceptions import ClusterDownError as RedisClusterDownError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import TryAgainError as RedisTryAgainError
 
 Command = tuple[Any, ...]
 
@@ -126,18 +129,40 @@ class Pause:
     seconds: float
 
 
-Step = Command | list[Command] | Pop | Pause
+@dataclass(frozen=True)
+class Primaries:
+    """Ask which servers hold the keyspace: the reply is every primary of a Redis
+    Cluster, or ``[None]`` for the one server. What a SCAN must visit."""
+
+
+@dataclass(frozen=True)
+class OnNode:
+    """Run ``command`` on ``node`` (one of a :class:`Primaries` reply)."""
+
+    node: Any
+    command: Command
+
+
+Step = Command | list[Command] | Pop | Pause | Primaries | OnNode
 T = TypeVar("T")
 Op = Generator[Step, Any, T]
 
-#: The errors after which a command may be sent again: the connection broke or timed out.
-RETRYABLE = (RedisConnectionError, RedisTimeoutError)
+#: The errors after which a command may be sent again: the connection broke or timed
+#: out, or a Redis Cluster moved the key's slot (MOVED, ASK) or is failing over.
+RETRYABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisAskError,
+    RedisClusterDownError,
+    RedisTryAgainError,
+)
 
 #: How long a command whose connection failed is retried: enough to ride through a
 #: crash-restart of the local Redis (milliseconds), and, behind Sentinel, a failover
-#: (about 30 s with Sentinel's defaults). ``channel.retry_for`` sets it per town.
+#: (about 30 s with Sentinel's defaults) or a Redis Cluster's failover (a few times
+#: ``cluster-node-timeout``, 15 s by default). ``channel.retry_for`` sets it per town.
 RETRY_FOR = 2.0
-RETRY_FOR_SENTINEL = 60.0
+RETRY_FOR_SENTINEL = RETRY_FOR_CLUSTER = 60.0
 #: The first pause, and the longest, between two retries (doubling in between).
 FIRST_RETRY, LONGEST_RETRY = 0.01, 0.5
 

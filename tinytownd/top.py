@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from . import ops
 from .channel import Channel
 from .records import Agent
 
@@ -48,41 +49,48 @@ class Snapshot:
 
 
 def snapshot(channel: Channel) -> Snapshot:
-    """Everything the view shows, read in three round trips."""
+    """Everything the view shows, read in a few round trips (per primary on a cluster)."""
     listing = channel.agents_listing()
     agents = sorted(listing.items, key=lambda a: (a.name, a.id))
     keys = channel.keys
-    pipe = channel.redis.pipeline(transaction=False)
-    for agent in agents:
-        for key in (keys.inbox, keys.urgent, keys.processing, keys.dead):
-            pipe.llen(key(agent.id))
-    pipe.info()
-    pipe.info("commandstats")
-    *lengths, info, stats = pipe.execute()
+    lengths = channel.run(ops.queue_lengths(keys, [agent.id for agent in agents]))
+    servers = channel.info()
+    stats = channel.info("commandstats")
     now = datetime.now(UTC)
-    rows = [_row(agent, lengths[i * 4 : i * 4 + 4], now) for i, agent in enumerate(agents)]
+    rows = [_row(agent, counts, now) for agent, counts in zip(agents, lengths, strict=True)]
+    first = servers[0]
+
+    def total(field: str) -> int:
+        return sum(int(info.get(field, 0)) for info in servers)
+
     return Snapshot(
         town=keys.town,
         taken_at=time.time(),
         agents=rows,
         problems=listing.problems,
-        memory_mb=int(info.get("used_memory_rss", 0)) / 2**20,
-        clients=int(info.get("connected_clients", 0)),
+        memory_mb=total("used_memory_rss") / 2**20,
+        clients=total("connected_clients"),
         persistence={
-            "rdb_changes_since_last_save": info.get("rdb_changes_since_last_save"),
-            "rdb_last_bgsave_status": info.get("rdb_last_bgsave_status"),
-            "aof_enabled": bool(info.get("aof_enabled")),
-            "aof_last_write_status": info.get("aof_last_write_status"),
+            "rdb_changes_since_last_save": total("rdb_changes_since_last_save"),
+            "rdb_last_bgsave_status": _worst(servers, "rdb_last_bgsave_status"),
+            "aof_enabled": bool(first.get("aof_enabled")),
+            "aof_last_write_status": _worst(servers, "aof_last_write_status"),
         },
         commands={
-            name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+            name: sum(int(info.get(f"cmdstat_{name}", {}).get("calls", 0)) for info in stats)
             for name in (*_SENDS, *_RECEIVES)
         },
     )
 
 
-def _row(agent: Agent, lengths: list[int], now: datetime) -> AgentRow:
-    inbox, urgent, processing, dead = (int(n) for n in lengths)
+def _worst(servers: list[dict[str, Any]], field: str) -> Any:
+    """One server's status for all: the first that is not ``ok``, else ``ok``."""
+    found = [info.get(field) for info in servers]
+    return next((status for status in found if status != "ok"), found[0])
+
+
+def _row(agent: Agent, lengths: tuple[int, int, int, int], now: datetime) -> AgentRow:
+    inbox, urgent, processing, dead = lengths
     return AgentRow(
         name=agent.name,
         id=agent.id,

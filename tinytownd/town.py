@@ -12,13 +12,14 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
 from . import config as config_module
 from . import steps
 from .channel import Channel
 from .config import Config, redact_url
-from .errors import ConfigError, UnsupportedServerError
+from .errors import ClusterUnusableError, ConfigError
 from .paths import ProjectPaths, find_town
 from .peer import own_socket_client
 
@@ -39,15 +40,20 @@ def prepare(directory: str | Path, start: bool) -> tuple[Config, ProjectPaths]:
     return config, paths
 
 
-def refuse_cluster(url: str, info: dict[str, Any]) -> None:
-    """A Redis Cluster node answers for a part of the keyspace only: a plain client on
-    it gets MOVED for most keys, and a SCAN sees one node's agents. Say so, once."""
-    if str(info.get("cluster_enabled", "0")) == "1":
-        raise UnsupportedServerError(
-            f"the Redis at {redact_url(url)} is a node of a Redis Cluster, which tinytownd "
-            "does not drive yet: point redis.url at a standalone Redis (or a primary "
-            "behind Sentinel)"
-        )
+def is_cluster_node(info: dict[str, Any]) -> bool:
+    """Whether ``INFO cluster`` came from a node of a Redis Cluster, which holds a part of
+    the keyspace only: a plain client on it gets MOVED for most keys, and its SCAN sees
+    one node's agents. Town.connect follows the whole cluster instead."""
+    return str(info.get("cluster_enabled", "0")) == "1"
+
+
+def cluster_unusable(url: str, error: Exception) -> ClusterUnusableError:
+    """The one line for a cluster that does not serve every slot (or no slot map at all)."""
+    reason = str(error).rstrip(".")
+    return ClusterUnusableError(
+        f"the Redis Cluster at {redact_url(url)} cannot serve the town: {reason}; "
+        "`CLUSTER INFO` on any of its nodes shows its state"
+    )
 
 
 #: Connection failures are left to the first operation, which reports them as usual.
@@ -107,10 +113,13 @@ def is_sentinel(url: str) -> bool:
     return url.startswith(SentinelURL.SCHEME + "://")
 
 
-def retry_budget(config: Config) -> float:
-    """``channel.retry_for``, or its automatic value for this kind of server."""
+def retry_budget(config: Config, cluster: bool = False) -> float:
+    """``channel.retry_for``, or its automatic value for this kind of server: long enough
+    to ride out a failover behind Sentinel or in a cluster."""
     if config.channel.retry_for:
         return config.channel.retry_for
+    if cluster:
+        return steps.RETRY_FOR_CLUSTER
     return steps.RETRY_FOR_SENTINEL if is_sentinel(config.remote_url) else steps.RETRY_FOR
 
 
@@ -157,6 +166,11 @@ class TownCore(Generic[ClientT, ChannelT]):
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def cluster(self) -> bool:
+        """Whether the town lives on a Redis Cluster."""
+        return isinstance(self.redis, redis.RedisCluster | aioredis_cluster())
+
     #: The Channel class of this flavour (blocking or asyncio).
     channel_class: Callable[..., ChannelT]
 
@@ -169,11 +183,19 @@ class TownCore(Generic[ClientT, ChannelT]):
             town_broadcast=settings.broadcast == "town",
             reliable=reliable,
             state=settings.state,
-            retry_for=retry_budget(self.config),
+            retry_for=retry_budget(self.config, self.cluster),
         )
 
 
-class Town(TownCore[redis.Redis, Channel]):
+def aioredis_cluster() -> type[Any]:
+    """redis.asyncio's cluster client class, imported only by those who use asyncio."""
+    import sys
+
+    module = sys.modules.get("redis.asyncio.cluster")
+    return module.RedisCluster if module is not None else type(None)
+
+
+class Town(TownCore[redis.Redis | redis.RedisCluster, Channel]):
     """One town: its settings, its Redis client and channels bound to its name."""
 
     channel_class = Channel
@@ -187,14 +209,21 @@ class Town(TownCore[redis.Redis, Channel]):
         that clean up after themselves).
 
         With ``redis.url`` (or ``$TINYTOWN_REDIS_URL`` / ``$REDIS_URL``) it uses that
-        Redis instead, and starts nothing.
+        Redis instead, and starts nothing; a URL naming any node of a Redis Cluster gives
+        the whole cluster (``redis.RedisCluster``).
         """
         config, paths = prepare(directory, start)
         url, options = client_options(config, paths, redis.Redis)
+        client: redis.Redis | redis.RedisCluster
         if url:
             client = remote_client(url, options)
             with contextlib.suppress(*UNREACHABLE):
-                refuse_cluster(url, client.info("cluster"))
+                if not is_sentinel(url) and is_cluster_node(client.info("cluster")):
+                    client.close()
+                    try:
+                        client = redis.RedisCluster.from_url(url, **options)
+                    except RedisClusterException as error:
+                        raise cluster_unusable(url, error) from None
         else:  # only to a server run by this user: the kernel says who serves the socket
             client = own_socket_client(options.pop("unix_socket_path"), **options)
         return cls(config, paths, client, stop_on_exit)
