@@ -19,17 +19,20 @@ from redis.exceptions import NoScriptError, ResponseError
 from tinytownd import Agent, Message, Priority
 from tinytownd.errors import StateError
 from tinytownd.keys import TownKeys
+from tinytownd.migrate import move_across_slots
 from tinytownd.ops import (
     Inflight,
     all_states,
     get_state,
     receive,
     receive_reliable,
+    scan,
     send,
     send_urgent,
     set_state,
 )
-from tinytownd.steps import RETRY_FOR, Move, Pause, Pop, TakeNow, retry_delay
+from tinytownd.routing import merge, route
+from tinytownd.steps import RETRY_FOR, Move, Pause, Pop, Primaries, TakeNow, retry_delay
 
 KEYS = TownKeys("t")
 ME, YOU = str(uuid.uuid4()), str(uuid.uuid4())
@@ -159,3 +162,94 @@ def test_listings_read_each_key_by_its_type_and_report_what_is_not_state() -> No
     assert steps[3] == [("GET", names[0])]
     assert listing.items == [agent]
     assert listing.problems == ["tt:t:agent:broken: a Redis list, not an agent or task"]
+
+
+# -- on a Redis Cluster ---------------------------------------------------------------
+
+CLUSTER = TownKeys("t", cluster=True)
+
+
+def test_a_cluster_receive_looks_at_the_urgent_list_between_slices_of_waiting() -> None:
+    good = Message.ping(ME, YOU).to_json().encode()
+    began = time.monotonic()
+    steps, message = drive(receive(CLUSTER, YOU, timeout=None), [None, None, None, good])
+    urgent, wait, urgent_again, wait_again = steps
+    assert isinstance(urgent, Pop) and urgent.command() == ("LPOP", CLUSTER.urgent(YOU))
+    assert isinstance(wait, Pop) and wait.urgent is None  # one key, so one slot
+    assert wait.command()[:2] == ("BLPOP", CLUSTER.inbox(YOU))
+    assert wait.deadline is not None and wait.deadline <= began + 1.1  # one slice
+    assert urgent_again.key == urgent.key and isinstance(wait_again, Pop)
+    assert message is not None and message.type == "ping"
+
+
+def test_a_cluster_receive_rides_out_a_failover_but_never_its_own_timeout() -> None:
+    lost, good = RedisConnectionError("primary gone"), Message.ping(ME, YOU)
+    steps, message = drive(
+        receive(CLUSTER, YOU, timeout=5, retry_for=60.0),
+        [None, lost, None, b"\xff", 1, good.to_json().encode()],
+    )
+    assert isinstance(steps[2], Pause) and steps[3].key == CLUSTER.urgent(YOU)  # again
+    assert steps[4] == ("RPUSH", CLUSTER.dead(YOU), b"\xff") and message == good
+    with pytest.raises(RedisConnectionError):  # no time is left to retry in
+        drive(receive(CLUSTER, YOU, timeout=0, retry_for=60.0), [None, lost])
+
+
+def test_a_cluster_reliable_receive_keeps_each_list_in_its_own_slot() -> None:
+    inflight = Inflight()
+    payload = Message.ping(ME, YOU).to_json().encode()
+    steps, message = drive(receive_reliable(CLUSTER, YOU, 5, inflight), [None, None, payload])
+    check_inbox, check_urgent, take_urgent = steps
+    assert check_inbox == ("LINDEX", CLUSTER.processing(YOU), 0)
+    assert check_urgent == ("LINDEX", CLUSTER.urgent_processing(YOU), 0)
+    assert isinstance(take_urgent, Move) and not isinstance(take_urgent, TakeNow)
+    assert take_urgent.command()[:3] == (
+        "LMOVE",
+        CLUSTER.urgent(YOU),
+        f"tt:t:processing:{{{CLUSTER.urgent(YOU)}}}",
+    )
+    assert message is not None and inflight.source == CLUSTER.urgent_processing(YOU)
+    steps, _ = drive(receive_reliable(CLUSTER, YOU, 0, inflight), [1, None, None])
+    assert steps[0] == ("LREM", CLUSTER.urgent_processing(YOU), 1, payload)  # acknowledged
+    assert steps[2].command()[:3] == ("LMOVE", CLUSTER.inbox(YOU), CLUSTER.processing(YOU))
+
+
+def test_listings_scan_every_primary_to_its_last_cursor() -> None:
+    steps, names = drive(
+        scan("tt:t:agent:*"), [["a", "b"], [b"7", [b"k1"]], [b"0", [b"k2"]], [b"0", []]]
+    )
+    assert isinstance(steps[0], Primaries)
+    assert [(s.node, s.command[1]) for s in steps[1:]] == [("a", 0), ("a", b"7"), ("b", 0)]
+    assert names == [b"k1", b"k2"]
+
+
+def test_commands_go_to_their_keys_node_and_a_transaction_stays_whole() -> None:
+    node = {"x": "n1", "y": "n2", None: "n0"}.__getitem__
+    commands = [
+        ("RPUSH", "x", "1"),
+        ("MULTI",),
+        ("HSET", "y", "f", "v"),
+        ("EXEC",),
+        ("EVALSHA", "sha", 1, "x"),
+    ]
+    assert route(commands, node) == [("n1", [0, 1, 4]), ("n2", [2, 3])]
+    assert route([("MULTI",), ("SET", "y", 1), ("EXEC",)], node) == [("n2", [0, 1, 2])]
+    assert route([("PING",)], node) == [("n0", [0])]
+    assert merge(3, [([0, 2], ["a", "c"]), ([1], ["b"])]) == ["a", "b", "c"]
+
+
+def test_a_key_moves_across_slots_once_and_a_stopped_move_is_finished() -> None:
+    steps, moved = drive(move_across_slots(b"old", b"new"), [b"P", -1, b"OK", 1])
+    assert [s[0] for s in steps] == ["DUMP", "PTTL", "RESTORE", "EVAL"]
+    assert steps[2] == ("RESTORE", b"new", 0, b"P") and moved is True
+    busy = ResponseError("BUSYKEY Target key name already exists.")
+    steps, moved = drive(move_across_slots(b"old", b"new"), [b"P", -1, busy, b"P", 1])
+    assert steps[3] == ("DUMP", b"new") and moved is True  # the copy of a stopped run
+    steps, moved = drive(move_across_slots(b"old", b"new"), [b"P", -1, busy, b"other"])
+    assert moved is False  # a different key by that name: a conflict
+    # ``old`` changed while it moved: the untouched copy is taken back, then moved again.
+    replies = [b"P", -1, b"OK", -1, 1, b"Q", -1, b"OK", 1]
+    steps, moved = drive(move_across_slots(b"old", b"new"), replies)
+    assert steps[4] == ("EVAL", steps[3][1], 1, b"new", b"P") and moved is True
+    # ``old`` was emptied meanwhile (an agent took the last message): nothing moves.
+    steps, moved = drive(move_across_slots(b"old", b"new"), [b"P", -1, b"OK", 0, 1])
+    assert moved is None
