@@ -253,3 +253,20 @@ def test_a_primary_killed_under_a_sender_and_a_reliable_receiver_reaches_no_call
     assert set(sent[killed_at + 30 :]) <= received
     lost = len(set(sent) - received)
     print(f"cluster failover: slowest send {slowest[0]:.2f} s; {lost} of 300 lost in the switch")
+
+
+def test_bench_puts_the_cluster_next_to_the_local_socket(tmp: Path, cluster: Cluster) -> None:
+    result = tinytownd(
+        "bench", "--n", "100", "--url", cluster.url(), "--json", "--dir", str(tmp), timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    remote = json.loads(result.stdout)["remote"]
+    assert remote["kind"] == "Redis Cluster, 3 primaries"
+    assert [row["operation"] for row in remote["rows"]][:2] == [
+        "remote send",
+        "remote receive (waiting)",
+    ]
+    assert all(row["p50_us"] > 0 and row["ratio"] > 0 for row in remote["rows"])
+    assert not list(
+        cluster.client().scan_iter("tt:bench-*", target_nodes=redis.RedisCluster.PRIMARIES)
+    )

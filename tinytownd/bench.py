@@ -26,7 +26,7 @@ import redis
 
 from . import hashform
 from .channel import Channel
-from .config import Config, load
+from .config import Config, load, redact_url
 from .daemon import control, engine, redis_admin
 from .daemon.state import daemon_pid
 from .messages import Message
@@ -84,11 +84,12 @@ def compare(
 
 def channel_rows(channel: Channel, n: int, progress: Progress, label: str = "") -> list[Row]:
     r = channel.redis
-    assert isinstance(r, redis.Redis)  # bench runs on a local town
     agent, sender = str(uuid.uuid4()), str(uuid.uuid4())
     message = Message.task(sender, agent, "Fix the bug in auth.rs")
     payload = message.to_json().encode()
-    inbox, floor_list = channel.keys.inbox(agent), f"{channel.keys.inbox(agent)}:floor"
+    # Each floor key is hash-tagged with its real key's name: on a cluster both live in
+    # one slot, so raw redis-py and the Channel talk to the same node.
+    inbox, floor_list = channel.keys.inbox(agent), f"{{{channel.keys.inbox(agent)}}}:floor"
     reliable = Channel(r, channel.keys.town, reliable=True)
     worker = Agent(name="worker-1", cli="claude")
     task = Task(description="Fix the bug in auth.rs", tags=("backend",))
@@ -126,28 +127,28 @@ def channel_rows(channel: Channel, n: int, progress: Progress, label: str = "") 
             "agent state set",
             lambda: channel.set_agent_state(worker),
             "MULTI HSET",
-            _raw_hash_write(r, f"{channel.keys.agent(worker.id)}:floor", worker),
+            _raw_hash_write(r, f"{{{channel.keys.agent(worker.id)}}}:floor", worker),
             lambda: None,
         ),
         (
             "agent state get",
             lambda: channel.get_agent_state(worker.id),
             "HGETALL",
-            lambda: r.hgetall(f"{channel.keys.agent(worker.id)}:floor"),
+            lambda: r.hgetall(f"{{{channel.keys.agent(worker.id)}}}:floor"),
             lambda: None,
         ),
         (
             "task state set",
             lambda: channel.set_task(task),
             "MULTI HSET",
-            _raw_hash_write(r, f"{channel.keys.task(task.id)}:floor", task),
+            _raw_hash_write(r, f"{{{channel.keys.task(task.id)}}}:floor", task),
             lambda: None,
         ),
         (
             "task state get",
             lambda: channel.get_task(task.id),
             "HGETALL",
-            lambda: r.hgetall(f"{channel.keys.task(task.id)}:floor"),
+            lambda: r.hgetall(f"{{{channel.keys.task(task.id)}}}:floor"),
             lambda: None,
         ),
     ]
@@ -156,21 +157,25 @@ def channel_rows(channel: Channel, n: int, progress: Progress, label: str = "") 
             progress(f"{label}{name}", index / len(steps))
             prepare()
             rows.append(compare(f"{label}{name}", ours, floor_name, floor, n))
-            r.delete(inbox, floor_list, channel.keys.processing(agent))
+            for key in (inbox, floor_list, *channel.keys.processing_lists(agent)):
+                r.delete(key)
     finally:
-        r.delete(
+        for key in (
             inbox,
             floor_list,
-            channel.keys.processing(agent),
+            *channel.keys.processing_lists(agent),
             channel.keys.agent(worker.id),
             channel.keys.task(task.id),
-            f"{channel.keys.agent(worker.id)}:floor",
-            f"{channel.keys.task(task.id)}:floor",
-        )
+            f"{{{channel.keys.agent(worker.id)}}}:floor",
+            f"{{{channel.keys.task(task.id)}}}:floor",
+        ):
+            r.delete(key)  # one by one: on a cluster they live in different slots
     return rows
 
 
-def _raw_hash_write(r: redis.Redis, key: str, document: Agent | Task) -> Callable[[], object]:
+def _raw_hash_write(
+    r: redis.Redis | redis.RedisCluster, key: str, document: Agent | Task
+) -> Callable[[], object]:
     """The same Redis work as a hash-form state write, with the fields encoded once
     beforehand: what raw redis-py would send for it."""
     values, absent = hashform.fields_of(document)
@@ -186,7 +191,9 @@ def _raw_hash_write(r: redis.Redis, key: str, document: Agent | Task) -> Callabl
     return write
 
 
-def _fill(r: redis.Redis, inbox: str, floor_list: str, payload: bytes, n: int) -> None:
+def _fill(
+    r: redis.Redis | redis.RedisCluster, inbox: str, floor_list: str, payload: bytes, n: int
+) -> None:
     """Enough waiting messages for warm-up and every timed round, in both lists."""
     pipe = r.pipeline(transaction=False)
     for key in (inbox, floor_list):
@@ -241,9 +248,9 @@ def send_many_rows(channel: Channel, n: int) -> dict[str, float]:
         for _ in range(rounds):
             ours += _timed(lambda: channel.send_many(batch), 1)
             floor += _timed(raw, 1)
-            channel.redis.delete(*inboxes)
+            _delete(channel, inboxes)
     finally:
-        channel.redis.delete(*inboxes)
+        _delete(channel, inboxes)
     ours_rate = 1000 / (statistics.median(ours) / 1e6)
     floor_rate = 1000 / (statistics.median(floor) / 1e6)
     return {
@@ -251,6 +258,42 @@ def send_many_rows(channel: Channel, n: int) -> dict[str, float]:
         "raw_pipeline_msgs_per_s": floor_rate,
         "ratio": ours_rate / floor_rate,
     }
+
+
+def _delete(channel: Channel, keys: list[str]) -> None:
+    for key in keys:  # one by one: on a cluster they live in different slots
+        channel.redis.delete(key)
+
+
+def remote_figures(url: str, n: int, progress: Progress) -> dict[str, Any]:
+    """The same Channel rows against the Redis at ``url`` (a standalone server, or any
+    node of a cluster) over TCP, each next to raw redis-py on the same server."""
+    from .town import url_client
+
+    client = url_client(url, {"socket_connect_timeout": 5})
+    try:
+        channel = Channel(client, f"bench-{uuid.uuid4().hex[:6]}")
+        rows = channel_rows(channel, n, progress, "remote ")
+        pipelined = send_many_rows(channel, n)
+        if isinstance(client, redis.RedisCluster):
+            servers = [client.get_redis_connection(node) for node in client.get_primaries()]
+            kind = f"Redis Cluster, {len(servers)} primaries"
+        else:
+            servers, kind = [client], "one server"
+        return {
+            "url": redact_url(url),
+            "kind": kind,
+            "redis": _server_name(servers[0].info("server")),
+            "rows": [asdict(row) for row in rows],
+            "send_many": pipelined,
+        }
+    finally:
+        client.close()
+
+
+def _server_name(info: dict[str, Any]) -> str:
+    name = str(info.get("server_name") or "redis")  # Valkey's redis_version is 7.2.4
+    return f"{name.capitalize()} {info.get(f'{name}_version') or info['redis_version']}"
 
 
 _PEER = """
@@ -356,14 +399,11 @@ def run(directory: str | None, n: int, progress: Progress) -> dict[str, Any]:
             mode: end_to_end(channel, str(paths.client_socket), n, mode)
             for mode in ("sync", "asyncio")
         }
-        info = unix.info("server")
-        name = str(info.get("server_name") or "redis")  # Valkey's redis_version is 7.2.4
-        version = info.get(f"{name}_version") or info["redis_version"]
         return {
             "machine": {
                 "cpus": os.cpu_count(),
                 "python": sys.version.split()[0],
-                "redis": f"{name.capitalize()} {version}",
+                "redis": _server_name(unix.info("server")),
                 "hiredis": _has_hiredis(),
                 "n": n,
             },

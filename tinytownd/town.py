@@ -109,6 +109,22 @@ def remote_client(url: str, options: dict[str, Any]) -> redis.Redis:
     return primary
 
 
+def url_client(url: str, options: dict[str, Any]) -> redis.Redis | redis.RedisCluster:
+    """A client of the Redis at ``url``; of the whole cluster when ``url`` names any node
+    of a Redis Cluster (``INFO cluster`` says so), so that no key is out of reach."""
+    client = remote_client(url, options)
+    if is_sentinel(url):
+        return client
+    with contextlib.suppress(*UNREACHABLE):
+        if is_cluster_node(client.info("cluster")):
+            client.close()
+            try:
+                return redis.RedisCluster.from_url(url, **options)
+            except RedisClusterException as error:
+                raise cluster_unusable(url, error) from None
+    return client
+
+
 def is_sentinel(url: str) -> bool:
     return url.startswith(SentinelURL.SCHEME + "://")
 
@@ -216,14 +232,7 @@ class Town(TownCore[redis.Redis | redis.RedisCluster, Channel]):
         url, options = client_options(config, paths, redis.Redis)
         client: redis.Redis | redis.RedisCluster
         if url:
-            client = remote_client(url, options)
-            with contextlib.suppress(*UNREACHABLE):
-                if not is_sentinel(url) and is_cluster_node(client.info("cluster")):
-                    client.close()
-                    try:
-                        client = redis.RedisCluster.from_url(url, **options)
-                    except RedisClusterException as error:
-                        raise cluster_unusable(url, error) from None
+            client = url_client(url, options)
         else:  # only to a server run by this user: the kernel says who serves the socket
             client = own_socket_client(options.pop("unix_socket_path"), **options)
         return cls(config, paths, client, stop_on_exit)

@@ -78,6 +78,30 @@ def render(report: dict[str, Any]) -> str:
             + (f"  ({ms / floor:.1f}x python -c pass)" if ms != floor else "")
             for label, ms in report["commands"].items()
         ]
+    if "remote" in report:
+        remote = report["remote"]
+        local = {row["operation"]: row["p50_us"] for row in report["unix"]}
+        lines += [
+            "",
+            f"{remote['url']} ({remote['kind']}, {remote['redis']}) over TCP, "
+            "next to the local socket above",
+            "",
+            "| Operation | p50 | p99 | raw redis-py (p50) | ratio | local socket (p50) "
+            "| vs local |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in remote["rows"]:
+            here = local[row["operation"].removeprefix("remote ")]
+            lines.append(
+                f"| {row['operation'].removeprefix('remote ')} | {row['p50_us']:.0f} us | "
+                f"{row['p99_us']:.0f} us | {row['floor']} {row['floor_p50_us']:.0f} us | "
+                f"{row['ratio']:.2f}x | {here:.0f} us | {row['p50_us'] / here:.2f}x |"
+            )
+        many = remote["send_many"]
+        lines.append(
+            f"send_many: {many['send_many_msgs_per_s']:,.0f} msgs/s (raw pipelined "
+            f"{many['raw_pipeline_msgs_per_s']:,.0f} msgs/s; {many['ratio']:.2f}x)"
+        )
     if "supervisor" in report:
         s = report["supervisor"]
         lines += [
@@ -104,6 +128,8 @@ def render(report: dict[str, Any]) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     progress = _progress(sys.stderr.isatty() and not args.json)
     report = bench.run(str(town_dir(args)), args.n, progress)
+    if args.url:
+        report["remote"] = bench.remote_figures(args.url, args.n, progress)
     if args.commands:
         report["commands"] = bench.command_figures(progress)
     if args.supervisor:
@@ -134,5 +160,11 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "--supervisor",
         action="store_true",
         help="also time start, kill -9 recovery, idle CPU and RSS (about 2 minutes)",
+    )
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help="also measure over TCP against the Redis at URL (one server, or any node of a "
+        "Redis Cluster), next to the local socket; writes and deletes bench-* keys there",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
