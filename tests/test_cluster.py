@@ -63,6 +63,9 @@ def test_a_url_naming_one_node_follows_the_whole_cluster(shared: Path, cluster: 
     assert sorted(a["name"] for a in json.loads(listed.stdout)["agents"]) == sorted(names)
     tasks = tinytownd("tasks", "--json", "--dir", str(shared))
     assert len(json.loads(tasks.stdout)["tasks"]) == 12
+    status = tinytownd("status", "--dir", str(shared))
+    assert status.returncode == 0, status.stderr
+    assert "a Redis Cluster of 3 primaries, state ok, 16384 of 16384 slots ok" in status.stdout
 
 
 def test_the_cli_sends_by_name_and_reads_an_inbox_on_a_cluster(shared: Path) -> None:

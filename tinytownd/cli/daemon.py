@@ -185,13 +185,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = control.status(paths, config)
     if report["state"] == "remote":
         reach = report.get("remote_error") or f"reachable, redis {report['redis_version']}"
+        if "cluster" in report:
+            cluster = report["cluster"]
+            reach += (
+                f"; a Redis Cluster of {cluster['primaries']} primaries, state "
+                f"{cluster['state']}, {cluster['slots_ok']} of 16384 slots ok"
+            )
         rows = [
             ("town", report["town"]),
             ("state", "remote (nothing local to supervise)"),
             ("redis", f"{report['remote_url']} (from {report['remote_source']}): {reach}"),
         ]
         emit(args, report, "\n".join(f"{key:<11} {value}" for key, value in rows))
-        return 1 if report.get("remote_error") else 0
+        unwell = report.get("cluster", {}).get("state", "ok") != "ok"
+        return 1 if report.get("remote_error") or unwell else 0
     rows = [
         ("town", report["town"]),
         ("dir", report["dir"]),

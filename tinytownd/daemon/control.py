@@ -276,6 +276,16 @@ def status(paths: ProjectPaths, config: Config) -> dict[str, Any]:
                 config.remote_url, {"socket_connect_timeout": 5, "socket_timeout": 5}
             )
             report["redis_version"] = remote.info("server").get("redis_version")
+            cluster = remote.info("cluster")
+            if str(cluster.get("cluster_enabled", "0")) == "1":
+                found = remote.execute_command("CLUSTER", "INFO")
+                lines = found.decode() if isinstance(found, bytes) else str(found)
+                facts = dict(line.split(":", 1) for line in lines.split() if ":" in line)
+                report["cluster"] = {
+                    "state": facts.get("cluster_state"),
+                    "primaries": int(facts.get("cluster_size", 0)),
+                    "slots_ok": int(facts.get("cluster_slots_ok", 0)),
+                }
         except redis.RedisError as err:
             report["remote_error"] = str(err)
         return report
