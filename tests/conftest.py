@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from clusters import Cluster
 from hypothesis import settings
+from sentinels import Deployment
 from support import project_dir, tinytownd
+from tls_server import make_pair, serve, tls_capable
 
 # The suite runs the same everywhere: a Redis URL exported in the developer's shell must
 # not point these tests (and the daemons they start) at somebody's server.
@@ -62,6 +64,33 @@ def cluster() -> Iterator[Cluster]:
         yield running
     finally:
         running.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sentinel_setup() -> Iterator[Deployment]:
+    """One primary, one replica and three Sentinels for the whole session."""
+    root = Path(tempfile.mkdtemp(prefix="tts-", dir="/tmp"))
+    deployment = Deployment(root)
+    try:
+        deployment.start()
+        yield deployment
+    finally:
+        deployment.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls_url() -> Iterator[str]:
+    """A ``rediss://`` URL of a TLS Redis (certificates made here) for the whole session."""
+    if not tls_capable():
+        pytest.skip("no TLS-built redis-server here")
+    root = Path(tempfile.mkdtemp(prefix="ttt-", dir="/tmp"))
+    try:
+        pki = make_pair(root)
+        with serve(root, pki, "no") as port:
+            yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={pki / 'good-ca.crt'}"
+    finally:
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -55,7 +55,9 @@ def client(root: Path, **kwargs: Any) -> Any:
     names); no retries, so tests see what is."""
     url = remote_url(root)
     if url:
-        return redis.RedisCluster.from_url(url, **kwargs)
+        from tinytownd.town import url_client
+
+        return url_client(url, kwargs)  # behind Sentinel: the primary; a whole cluster
     return redis.Redis(
         unix_socket_path=str(ProjectPaths.of(root).client_socket),
         retry=Retry(NoBackoff(), 0),

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import redis
-from support import client, remote_url, tinytownd
+from support import client, tinytownd
 
 from tinytownd import Agent, AgentState, Message, Priority, StateError, Task, TaskState, Town, aio
 from tinytownd.keys import TownKeys
@@ -64,18 +64,27 @@ class Blocking:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "town" in metafunc.fixturenames:
         local_only = metafunc.definition.get_closest_marker("local_only") is not None
-        metafunc.parametrize(
-            "town", ["local"] if local_only else ["local", "cluster"], indirect=True
-        )
+        kinds = ["local"] if local_only else ["local", "cluster", "sentinel", "tls"]
+        metafunc.parametrize("town", kinds, indirect=True)
 
 
 @pytest.fixture
 def town(request: pytest.FixtureRequest, project: Path) -> Path:
-    """The town "demo": running on its own Redis, or living on the session's cluster."""
+    """The town "demo": running on its own Redis, or living on the session's cluster, its
+    Sentinel setup's primary, or its TLS Redis."""
+    url = None
     if request.param == "cluster":
         cluster = request.getfixturevalue("cluster")
         cluster.flush()
-        (project / "tinytown.toml").write_text(f'name = "demo"\n[redis]\nurl = "{cluster.url()}"\n')
+        url = cluster.url()
+    elif request.param == "sentinel":
+        url = request.getfixturevalue("sentinel_setup").url()
+    elif request.param == "tls":
+        url = request.getfixturevalue("tls_url")
+    if url is not None:
+        (project / "tinytown.toml").write_text(f'name = "demo"\n[redis]\nurl = "{url}"\n')
+        if request.param != "cluster":
+            client(project).flushall()
         return project
     result = tinytownd("start", "--dir", str(project))
     assert result.returncode == 0, result.stderr
@@ -84,7 +93,8 @@ def town(request: pytest.FixtureRequest, project: Path) -> Path:
 
 def processing(town: Path, agent_id: str) -> str:
     """The name of the agent's processing list in this town (hash-tagged on a cluster)."""
-    return TownKeys("demo", cluster=remote_url(town) is not None).processing(agent_id)
+    cluster = isinstance(client(town), redis.RedisCluster)
+    return TownKeys("demo", cluster=cluster).processing(agent_id)
 
 
 def subscribers(town: Path, channel: str) -> int:

@@ -273,3 +273,11 @@ def test_bench_puts_the_cluster_next_to_the_local_socket(tmp: Path, cluster: Clu
     assert not list(
         cluster.client().scan_iter("tt:bench-*", target_nodes=redis.RedisCluster.PRIMARIES)
     )
+
+
+@pytest.mark.parametrize("command", [["save"], ["restore", "tinytown.toml"]])
+def test_backups_of_a_remote_town_are_refused_in_one_line(shared: Path, command: list[str]) -> None:
+    result = tinytownd(*command, "--dir", str(shared))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "only a town it runs here" in result.stderr

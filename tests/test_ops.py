@@ -208,9 +208,14 @@ def test_a_cluster_reliable_receive_keeps_each_list_in_its_own_slot() -> None:
         f"tt:t:processing:{{{CLUSTER.urgent(YOU)}}}",
     )
     assert message is not None and inflight.source == CLUSTER.urgent_processing(YOU)
-    steps, _ = drive(receive_reliable(CLUSTER, YOU, 0, inflight), [1, None, None])
-    assert steps[0] == ("LREM", CLUSTER.urgent_processing(YOU), 1, payload)  # acknowledged
+    steps, _ = drive(receive_reliable(CLUSTER, YOU, 0, inflight), [None, 1, None])
+    assert steps[1] == ("LREM", CLUSTER.urgent_processing(YOU), 1, payload)  # acknowledged
     assert steps[2].command()[:3] == ("LMOVE", CLUSTER.inbox(YOU), CLUSTER.processing(YOU))
+    inflight.payload, inflight.source = payload, CLUSTER.processing(YOU)
+    steps, _ = drive(receive_reliable(CLUSTER, YOU, 0, inflight), [None, None])
+    take_inbox = steps[1]  # the acknowledgement goes with the move, in one round trip
+    assert take_inbox.commands()[0] == ("LREM", CLUSTER.processing(YOU), 1, payload)
+    assert inflight.payload is None
 
 
 def test_listings_scan_every_primary_to_its_last_cursor() -> None:

@@ -4,99 +4,35 @@ here: a CA, a server certificate for 127.0.0.1, and a client certificate."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from support import free_port, tinytownd, town_at, wait_until
+from support import tinytownd, town_at
+from tls_server import make_pair, serve, tls_capable
 
 from tinytownd import Message, Town, aio
 
 ME, YOU = "5a0e9a52-2f7e-4c8e-9f6b-1c2d3e4f5a6b", "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
-SERVER = shutil.which("redis-server")  # Debian's is built with TLS; the bundles are not all
-
-
-def _tls_capable() -> bool:
-    if not SERVER or not shutil.which("openssl"):
-        return False
-    done = subprocess.run([SERVER, "--version"], capture_output=True, text=True)
-    return (
-        "Redis server" in done.stdout
-        and "libssl" in subprocess.run(["ldd", SERVER], capture_output=True, text=True).stdout
-    )
-
-
-pytestmark = pytest.mark.skipif(not _tls_capable(), reason="no TLS-built redis-server here")
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_pki(where: Path, name: str) -> None:
-    """``name``-ca.crt, server.crt/.key (for 127.0.0.1) and client.crt/.key, signed."""
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", f"/CN={name} test CA", "-keyout", f"{name}-ca.key",
-            "-out", f"{name}-ca.crt", cwd=where)  # fmt: skip
-    for who, extra in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "")):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
-                "-keyout", f"{who}.key", "-out", f"{who}.csr", cwd=where)  # fmt: skip
-        (where / f"{who}.ext").write_text(extra + "\n")
-        openssl("x509", "-req", "-in", f"{who}.csr", "-CA", f"{name}-ca.crt",
-                "-CAkey", f"{name}-ca.key", "-CAcreateserial", "-days", "2",
-                "-extfile", f"{who}.ext", "-out", f"{who}.crt", cwd=where)  # fmt: skip
+pytestmark = pytest.mark.skipif(not tls_capable(), reason="no TLS-built redis-server here")
 
 
 @pytest.fixture
 def pki(tmp: Path) -> Path:
-    where = tmp / "pki"
-    where.mkdir()
-    make_pki(where, "good")
-    other = tmp / "other"
-    other.mkdir()
-    make_pki(other, "wrong")
-    shutil.copy(other / "wrong-ca.crt", where / "wrong-ca.crt")
-    return where
-
-
-def _serve(tmp: Path, pki: Path, auth_clients: str) -> Iterator[int]:
-    port = free_port()
-    assert SERVER is not None
-    server = subprocess.Popen(
-        [
-            *(SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
-            *(
-                "--tls-cert-file",
-                str(pki / "server.crt"),
-                "--tls-key-file",
-                str(pki / "server.key"),
-            ),
-            *("--tls-ca-cert-file", str(pki / "good-ca.crt"), "--tls-auth-clients", auth_clients),
-            *("--dir", str(tmp), "--save", ""),
-        ],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        wait_until(lambda: socket.create_connection(("127.0.0.1", port), 1).close() is None)
-        yield port
-    finally:
-        server.kill()
-        server.wait()
+    return make_pair(tmp)
 
 
 @pytest.fixture
 def tls_port(tmp: Path, pki: Path) -> Iterator[int]:
-    yield from _serve(tmp, pki, "no")
+    with serve(tmp, pki, "no") as port:
+        yield port
 
 
 @pytest.fixture
 def mutual_tls_port(tmp: Path, pki: Path) -> Iterator[int]:
-    yield from _serve(tmp, pki, "yes")
+    with serve(tmp, pki, "yes") as port:
+        yield port
 
 
 def test_the_channel_works_over_tls_sync_and_asyncio(tmp: Path, pki: Path, tls_port: int) -> None:

@@ -259,16 +259,19 @@ def receive_reliable(
 def _take_now(keys: TownKeys, agent: str, inflight: Inflight) -> Op[Any]:
     """Without waiting: acknowledge the previous delivery and move the head of the urgent
     list, else of the inbox, to its processing list. One round trip on one server (a
-    script); on a cluster, where the two lists live in different slots, one per list."""
+    script); on a cluster, where the two lists live in different slots, one per list,
+    the acknowledgement riding with the move into the same processing list."""
     urgent, inbox, processing = keys.urgent(agent), keys.inbox(agent), keys.processing(agent)
     if keys.cluster:
-        yield from acknowledge(keys, agent, inflight)
-        held_in = keys.urgent_processing(agent)
-        raw = yield Move(urgent, time.monotonic(), target=held_in)
-        if raw is None:
-            held_in = processing
-            raw = yield Move(inbox, time.monotonic(), target=held_in)
-        inflight.source = held_in
+        raw = yield Move(urgent, time.monotonic(), target=keys.urgent_processing(agent))
+        if raw is not None:
+            yield from acknowledge(keys, agent, inflight)
+            inflight.source = keys.urgent_processing(agent)
+            return raw
+        if inflight.source != processing:
+            yield from acknowledge(keys, agent, inflight)
+        raw = yield Move(inbox, time.monotonic(), target=processing, ack=inflight.payload)
+        inflight.payload, inflight.source = None, processing
         return raw
     take = TakeNow(inbox, time.monotonic(), urgent=urgent, target=processing, ack=inflight.payload)
     try:

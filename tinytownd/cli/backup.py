@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import Config, redact_url
 from ..errors import ConfigError
 from ..lazyimport import lazy
 from ..paths import SNAPSHOT_FILE
@@ -22,9 +23,20 @@ else:
     repair = lazy("tinytownd.daemon.repair")
 
 
+def _local_only(config: Config, verb: str) -> None:
+    """Backups are of a town's own files: a Redis reached by URL keeps its own."""
+    if config.remote_url:
+        raise ConfigError(
+            f"town {config.name!r} uses the Redis at {redact_url(config.remote_url)} "
+            f"(from {config.remote_source}): tinytownd can {verb} only a town it runs here; "
+            "use that server's own snapshots (BGSAVE, or its provider's backups)"
+        )
+
+
 @command("save")
 def cmd_save(args: argparse.Namespace) -> int:
     paths, config = project(args)
+    _local_only(config, "save")
     target = Path(args.to) if args.to else paths.root / SNAPSHOT_FILE
     if target.is_dir():
         target = target / SNAPSHOT_FILE
@@ -49,6 +61,7 @@ def cmd_save(args: argparse.Namespace) -> int:
 @command("restore")
 def cmd_restore(args: argparse.Namespace) -> int:
     paths, config = project(args)
+    _local_only(config, "restore")
     source = Path(args.file).resolve()
     if not source.is_file():
         raise ConfigError(f"{source} is not a file")
