@@ -281,3 +281,23 @@ def test_backups_of_a_remote_town_are_refused_in_one_line(shared: Path, command:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "only a town it runs here" in result.stderr
+
+
+def test_a_plain_client_of_one_node_gets_one_line_not_moved_tracebacks(cluster: Cluster) -> None:
+    from tinytownd import Channel
+    from tinytownd.errors import UnsupportedServerError
+
+    cluster.flush()
+    one_node = redis.Redis(port=cluster.primary_ports[0])
+    channel = Channel(one_node, "demo")
+    raw = cluster.client()
+    elsewhere = next(  # an agent whose inbox another primary serves
+        a
+        for a in (agent() for _ in range(100))
+        if raw.get_node_from_key(f"tt:demo:inbox:{a}").port != cluster.primary_ports[0]
+    )
+    began = time.monotonic()
+    with pytest.raises(UnsupportedServerError, match="Redis answered MOVED: this client talks"):
+        channel.send(Message.ping(ME, elsewhere))
+    assert time.monotonic() - began < 1  # at once, not after the retry budget
+    one_node.close()

@@ -55,8 +55,9 @@ class Channel(ops.ChannelCore):
         while True:
             try:
                 return self._execute_once(step)
-            except steps.RETRYABLE:
+            except steps.RETRYABLE as error:
                 self._stale = self.keys.cluster
+                steps.refuse_redirect(error, self.keys.cluster)
                 failing_since = failing_since or time.monotonic()
                 delay = steps.retry_delay(step, attempt, failing_since, self.retry_for)
                 if delay is None:

@@ -22,6 +22,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import TryAgainError as RedisTryAgainError
 
+from .errors import UnsupportedServerError
+
 Command = tuple[Any, ...]
 
 #: Redis counts BLPOP timeouts in seconds with millisecond resolution.
@@ -165,6 +167,18 @@ RETRY_FOR = 2.0
 RETRY_FOR_SENTINEL = RETRY_FOR_CLUSTER = 60.0
 #: The first pause, and the longest, between two retries (doubling in between).
 FIRST_RETRY, LONGEST_RETRY = 0.01, 0.5
+
+
+def refuse_redirect(error: Exception, cluster: bool) -> None:
+    """A MOVED or ASK reaching a client of one server: it talks to one node of a Redis
+    Cluster, which serves only part of the keys. Retrying cannot help; say what can."""
+    if not cluster and isinstance(error, RedisAskError):
+        redirect = "ASK" if type(error) is RedisAskError else "MOVED"
+        raise UnsupportedServerError(
+            f"Redis answered {redirect}: this client talks to one node of a "
+            "Redis Cluster; give the Channel a redis.RedisCluster (Town.connect does, for "
+            "a redis.url naming any node)"
+        )
 
 
 def retry_delay(
