@@ -355,6 +355,7 @@ class Town(TownCore[aioredis.Redis | aioredis.RedisCluster, Channel]):
     """:class:`tinytownd.Town` for asyncio."""
 
     channel_class = Channel
+    cluster_class = aioredis.RedisCluster
 
     @classmethod
     async def connect(

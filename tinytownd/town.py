@@ -182,10 +182,13 @@ class TownCore(Generic[ClientT, ChannelT]):
     def name(self) -> str:
         return self.config.name
 
+    #: This flavour's Redis Cluster client class.
+    cluster_class: type[Any]
+
     @property
     def cluster(self) -> bool:
         """Whether the town lives on a Redis Cluster."""
-        return isinstance(self.redis, redis.RedisCluster | aioredis_cluster())
+        return isinstance(self.redis, self.cluster_class)
 
     #: The Channel class of this flavour (blocking or asyncio).
     channel_class: Callable[..., ChannelT]
@@ -203,18 +206,11 @@ class TownCore(Generic[ClientT, ChannelT]):
         )
 
 
-def aioredis_cluster() -> type[Any]:
-    """redis.asyncio's cluster client class, imported only by those who use asyncio."""
-    import sys
-
-    module = sys.modules.get("redis.asyncio.cluster")
-    return module.RedisCluster if module is not None else type(None)
-
-
 class Town(TownCore[redis.Redis | redis.RedisCluster, Channel]):
     """One town: its settings, its Redis client and channels bound to its name."""
 
     channel_class = Channel
+    cluster_class = redis.RedisCluster
 
     @classmethod
     def connect(
