@@ -20,11 +20,17 @@ from tinytownd import Agent, InvalidMessageError, Message, Priority, Task, hashf
 orjson = pytest.importorskip("orjson")
 
 
-def both(call: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+def test_orjson_is_in_use_when_installed() -> None:
+    assert wire.fast_json()
+    with wire.standard_json():
+        assert not wire.fast_json()
+    assert wire.fast_json()
+
+
+def both(call: Any) -> tuple[Any, Any]:
     """``call()`` with orjson, then without it."""
     fast = call()
-    with monkeypatch.context() as patch:
-        patch.setattr(wire, "_orjson", None)
+    with wire.standard_json():
         pure = call()
     return fast, pure
 
@@ -40,31 +46,25 @@ def test_the_fixtures_are_there() -> None:
 
 
 @pytest.mark.parametrize("text", messages())
-def test_every_upstream_message_reads_and_writes_the_same_both_ways(
-    text: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fast, pure = both(lambda: Message.from_json(text.encode()), monkeypatch)
+def test_every_upstream_message_reads_and_writes_the_same_both_ways(text: str) -> None:
+    fast, pure = both(lambda: Message.from_json(text.encode()))
     assert fast == pure
-    written = both(fast.to_json, monkeypatch)
+    written = both(fast.to_json)
     assert written[0].encode() == written[1].encode()
 
 
 @pytest.mark.parametrize("case", sorted(documents()))
-def test_every_upstream_state_document_reads_and_writes_the_same_both_ways(
-    case: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_every_upstream_state_document_reads_and_writes_the_same_both_ways(case: str) -> None:
     kind = kind_of(case)
-    fast, pure = both(lambda: kind.from_json(documents()[case]), monkeypatch)
+    fast, pure = both(lambda: kind.from_json(documents()[case]))
     assert fast == pure
-    written = both(fast.to_json, monkeypatch)
+    written = both(fast.to_json)
     assert written[0].encode() == written[1].encode()
     _, fields = hashes()[case]
     raw = {name.encode(): value.encode() for name, value in fields.items()}
-    from_hash = both(lambda: hashform.document_of(raw, kind), monkeypatch)
+    from_hash = both(lambda: hashform.document_of(raw, kind))
     assert from_hash[0] == from_hash[1]
-    assert both(lambda: hashform.fields_of(from_hash[0]), monkeypatch)[0] == hashform.fields_of(
-        from_hash[1]
-    )
+    assert both(lambda: hashform.fields_of(from_hash[0]))[0] == hashform.fields_of(from_hash[1])
 
 
 CORNERS: list[Any] = [
@@ -79,10 +79,8 @@ CORNERS: list[Any] = [
 
 
 @pytest.mark.parametrize("doc", CORNERS, ids=range(len(CORNERS)))
-def test_corner_documents_are_written_the_same_both_ways(
-    doc: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fast, pure = both(lambda: wire.dumps(doc), monkeypatch)
+def test_corner_documents_are_written_the_same_both_ways(doc: Any) -> None:
+    fast, pure = both(lambda: wire.dumps(doc))
     assert fast == pure == json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -96,16 +94,14 @@ def test_corner_documents_are_written_the_same_both_ways(
         b"{oops",
     ],
 )
-def test_what_orjson_refuses_to_read_reads_as_before(
-    text: bytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_what_orjson_refuses_to_read_reads_as_before(text: bytes) -> None:
     def read() -> Any:
         try:
             return wire.load(text, "doc")
         except InvalidMessageError as err:
             return str(err)
 
-    fast, pure = both(read, monkeypatch)
+    fast, pure = both(read)
     assert fast == pure
 
 
@@ -119,12 +115,8 @@ JSON = st.recursive(
 @given(st.dictionaries(st.text(), JSON, max_size=6))
 def test_any_document_is_written_the_same_both_ways(doc: dict[str, Any]) -> None:
     fast = wire.dumps(doc)
-    saved, wire._orjson = wire._orjson, None
-    try:
-        pure = wire.dumps(doc)
-    finally:
-        wire._orjson = saved
-    assert fast == pure
+    with wire.standard_json():
+        assert wire.dumps(doc) == fast
 
 
 def test_models_round_trip_with_orjson() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from . import hashform
+from . import hashform, wire
 from .channel import Channel
 from .config import Config, load, redact_url
 from .daemon import control, engine, redis_admin
@@ -382,6 +382,9 @@ def run(directory: str | None, n: int, progress: Progress) -> dict[str, Any]:
         # Our keys live in a town of their own and are deleted after each step.
         channel = Channel(unix, f"{town}-bench-{uuid.uuid4().hex[:6]}")
         rows = channel_rows(channel, n, progress)
+        # With tinytownd[fast], the same rows again as without it: redis-py's own reply
+        # parser instead of hiredis, the standard library's json instead of orjson.
+        pure_rows = pure_python_rows(paths, channel.keys.town, n, progress) if _fast() else []
         # TCP only ever on a throwaway town, bound to loopback.
         spare = stack.enter_context(throwaway_town())
         port = free_port()
@@ -405,15 +408,41 @@ def run(directory: str | None, n: int, progress: Progress) -> dict[str, Any]:
                 "python": sys.version.split()[0],
                 "redis": _server_name(unix.info("server")),
                 "hiredis": _has_hiredis(),
+                "orjson": wire.fast_json(),
                 "n": n,
             },
             "unix": [asdict(row) for row in rows],
+            "unix_pure_python": [asdict(row) for row in pure_rows],
             "tcp": [asdict(row) for row in tcp_rows],
             "unix_vs_tcp": [asdict(row) for row in transports],
             "send_many": pipelined,
             "end_to_end": e2e,
         }
     raise AssertionError("unreachable")
+
+
+def _fast() -> bool:
+    """Whether tinytownd[fast] is in use (hiredis or orjson)."""
+    return _has_hiredis() or wire.fast_json()
+
+
+def pure_python_rows(paths: ProjectPaths, town: str, n: int, progress: Progress) -> list[Row]:
+    """The unix socket rows as they are without tinytownd[fast]: redis-py's own reply
+    parser on a connection of their own, and json from the standard library."""
+    from redis._parsers import _RESP2Parser
+
+    pool = redis.ConnectionPool(
+        connection_class=redis.UnixDomainSocketConnection,
+        path=str(paths.client_socket),
+        parser_class=_RESP2Parser,
+    )
+    client = redis.Redis(connection_pool=pool)
+    try:
+        with wire.standard_json():
+            return channel_rows(Channel(client, town), n, progress, "pure ")
+    finally:
+        client.close()
+        pool.disconnect()
 
 
 def _has_hiredis() -> bool:

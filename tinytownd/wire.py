@@ -5,10 +5,11 @@ Each reader takes the parsed document and a key, and names the key in its error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -17,12 +18,30 @@ from typing import Any, Self, TypeVar
 from .errors import InvalidMessageError
 
 try:  # tinytownd[fast]: the same text, sooner
-    import orjson as _orjson
+    import orjson
+
+    _orjson: Any = orjson
 except ImportError:  # the pure-Python path, the default
-    _orjson = None  # type: ignore[assignment]
+    _orjson = None
 
 _UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _standard_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def fast_json() -> bool:
+    """Whether orjson (tinytownd[fast]) reads and writes the JSON."""
+    return _orjson is not None
+
+
+@contextlib.contextmanager
+def standard_json() -> Iterator[None]:
+    """Within: the standard library's json, as without tinytownd[fast] (bench, tests)."""
+    global _orjson
+    saved, _orjson = _orjson, None
+    try:
+        yield
+    finally:
+        _orjson = saved
 
 
 def dumps(doc: Any) -> str:

@@ -50,12 +50,23 @@ def render(report: dict[str, Any]) -> str:
     many = report["send_many"]
     lines = [
         f"{machine['redis']}, Python {machine['python']}, {machine['cpus']} CPUs, "
-        f"hiredis {'on' if machine['hiredis'] else 'off'}, n={machine['n']}",
+        f"hiredis {'on' if machine['hiredis'] else 'off'}, "
+        f"orjson {'on' if machine.get('orjson') else 'off'}, n={machine['n']}",
         "",
         "Unix socket",
         "",
         *_table(report["unix"]),
         "",
+        *(
+            [
+                "Unix socket, without tinytownd[fast] (redis-py's parser, the standard json)",
+                "",
+                *_table(report["unix_pure_python"]),
+                "",
+            ]
+            if report.get("unix_pure_python")
+            else []
+        ),
         "TCP loopback",
         "",
         *_table(report["tcp"]),
