@@ -10,7 +10,7 @@ import pytest
 from clusters import Cluster
 from hypothesis import settings
 from sentinels import Deployment
-from support import project_dir, tinytownd
+from support import project_dir, running, short_dir, tinytownd
 from tls_server import make_pair, serve, tls_capable
 
 # The suite runs the same everywhere: a Redis URL exported in the developer's shell must
@@ -57,27 +57,15 @@ health_failures = 2
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """One Redis Cluster (3 primaries, 3 replicas) for the whole session; tests flush it."""
-    root = Path(tempfile.mkdtemp(prefix="ttc-", dir="/tmp"))
-    running = Cluster(root)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with short_dir("ttc-") as root, running(Cluster(root)) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="session")
 def sentinel_setup() -> Iterator[Deployment]:
     """One primary, one replica and three Sentinels for the whole session."""
-    root = Path(tempfile.mkdtemp(prefix="tts-", dir="/tmp"))
-    deployment = Deployment(root)
-    try:
-        deployment.start()
-        yield deployment
-    finally:
-        deployment.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with short_dir("tts-") as root, running(Deployment(root)) as servers:
+        yield servers
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +73,10 @@ def tls_url() -> Iterator[str]:
     """A ``rediss://`` URL of a TLS Redis (certificates made here) for the whole session."""
     if not tls_capable():
         pytest.skip("no TLS-built redis-server here")
-    root = Path(tempfile.mkdtemp(prefix="ttt-", dir="/tmp"))
-    try:
+    with short_dir("ttt-") as root:
         pki = make_pair(root)
         with serve(root, pki, "no") as port:
             yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={pki / 'good-ca.crt'}"
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import psutil
 import redis
@@ -142,6 +143,34 @@ def town_at(root: Path, url: str) -> Path:
     root.mkdir(exist_ok=True)
     (root / "tinytown.toml").write_text(f'name = "far"\n[redis]\nurl = "{url}"\n')
     return root
+
+
+class Servers(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Servers)
+
+
+@contextlib.contextmanager
+def running(servers: S) -> Iterator[S]:
+    """``servers`` started, and stopped afterwards even when starting them failed."""
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@contextlib.contextmanager
+def short_dir(prefix: str) -> Iterator[Path]:
+    """A temp dir under /tmp (unix socket paths stay short), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:

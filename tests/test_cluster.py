@@ -13,13 +13,13 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from clusters import Cluster
-from support import tinytownd, wait_until
+from support import running, tinytownd, wait_until
 
 from tinytownd import Agent, Message, Task, Town, aio
 from tinytownd.keys import TownKeys
@@ -184,16 +184,11 @@ def test_migrate_state_converts_every_key_on_every_primary(shared: Path, cluster
 
 
 @pytest.fixture
-def own_cluster(tmp: Path) -> Any:
+def own_cluster(tmp: Path) -> Iterator[Cluster]:
     """A cluster of this test's own, for killing one of its primaries."""
-    root = tmp / "cluster"
-    root.mkdir()
-    running = Cluster(root)
-    try:
-        running.start()
-        yield running
-    finally:
-        running.stop()
+    (tmp / "cluster").mkdir()
+    with running(Cluster(tmp / "cluster")) as servers:
+        yield servers
 
 
 def test_a_primary_killed_under_a_sender_and_a_reliable_receiver_reaches_no_caller(
