@@ -284,15 +284,13 @@ def test_a_plain_client_of_one_node_gets_one_line_not_moved_tracebacks(cluster: 
 
     cluster.flush()
     one_node = redis.Redis(port=cluster.primary_ports[0])
-    channel = Channel(one_node, "demo")
+    channel = Channel(one_node, "demo", retry_for=600)  # retrying would outlast the test
     raw = cluster.client()
     elsewhere = next(  # an agent whose inbox another primary serves
         a
         for a in (agent() for _ in range(100))
         if raw.get_node_from_key(f"tt:demo:inbox:{a}").port != cluster.primary_ports[0]
     )
-    began = time.monotonic()
     with pytest.raises(UnsupportedServerError, match="Redis answered MOVED: this client talks"):
-        channel.send(Message.ping(ME, elsewhere))
-    assert time.monotonic() - began < 1  # at once, not after the retry budget
+        channel.send(Message.ping(ME, elsewhere))  # at once: never retried
     one_node.close()
