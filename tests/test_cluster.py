@@ -294,3 +294,16 @@ def test_a_plain_client_of_one_node_gets_one_line_not_moved_tracebacks(cluster: 
     with pytest.raises(UnsupportedServerError, match="Redis answered MOVED: this client talks"):
         channel.send(Message.ping(ME, elsewhere))  # at once: never retried
     one_node.close()
+
+
+def test_the_asyncio_channel_on_a_cluster_names_the_redis_py_it_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from redis.asyncio import RedisCluster
+
+    from tinytownd.errors import UnsupportedServerError
+
+    client = RedisCluster(host="127.0.0.1", port=1)  # never contacted
+    monkeypatch.delattr(RedisCluster, "pubsub")  # as in redis-py before 8.0
+    with pytest.raises(UnsupportedServerError, match=r"needs redis-py 8\.0 or newer"):
+        aio.Channel(client, "demo")

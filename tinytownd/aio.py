@@ -23,6 +23,7 @@ from redis.client import NEVER_DECODE
 from redis.exceptions import RedisClusterException, ResponseError
 
 from . import ops, routing, steps
+from .errors import UnsupportedServerError
 from .messages import Message
 from .peer import check_own
 from .records import Agent, Task
@@ -54,6 +55,13 @@ class Channel(ops.ChannelCore):
         retry_for: float = steps.RETRY_FOR,
     ) -> None:
         cluster = isinstance(client, aioredis.RedisCluster)
+        if cluster and not hasattr(aioredis.RedisCluster, "pubsub"):
+            # Before 8.0, redis.asyncio's cluster client had no pub/sub, and its nodes no
+            # way to hand back a connection taken for a blocking pop.
+            raise UnsupportedServerError(
+                f"the asyncio Channel on a Redis Cluster needs redis-py 8.0 or newer "
+                f"(this is {redis.__version__}): pip install -U 'redis>=8'"
+            )
         super().__init__(town, town_broadcast, reliable, state, retry_for, cluster)
         self.redis = client
         # A cluster's slot map may be out of date (or, in a client not used yet, not
