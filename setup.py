@@ -71,7 +71,7 @@ target = _target()
 with_server = target != "any" and (target is not None or _this_machine_has_server_wheels())
 setup(
     install_requires=[
-        "redis>=5.0",
+        "redis>=5.3",  # ConnectionPool.get_connection() without a command name
         "psutil>=5.9",
         "tomlkit>=0.12",  # edits tinytown.toml in place, keeping its comments
         *([SERVER] if with_server else []),

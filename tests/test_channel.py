@@ -441,3 +441,26 @@ def test_reliable_receive_dead_letters_bad_payloads_too(
     assert reliable.receive(to, timeout=5).type == "ping"
     assert raw.lrange(f"tt:demo:dead:{to}", 0, -1) == [b"\xffjunk"]
     assert raw.lrange(processing(town, to), 0, -1) != [b"\xffjunk"]
+
+
+def test_an_error_reply_leaves_the_connection_in_step(channel: Any, town: Path) -> None:
+    """A refused command in the middle of a pipeline raises once every reply is read, so
+    the next command gets its own reply, not one left over."""
+    to, wrong = agent(), f"{{{agent()}}}:a-list"
+    client(town).rpush(wrong, "x")
+
+    def refused_between_two() -> Any:
+        return (yield [("LLEN", wrong), ("HGETALL", wrong), ("LLEN", wrong)])
+
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        channel.run(refused_between_two())
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        channel.run(_one(("HGETALL", wrong)))
+    assert channel.inbox_len(to) == 0
+    channel.send(Message.ping(ME, to))
+    assert channel.inbox_len(to) == 1
+    client(town).delete(wrong)
+
+
+def _one(command: tuple[Any, ...]) -> Any:
+    return (yield command)

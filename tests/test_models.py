@@ -192,3 +192,66 @@ def test_a_lone_surrogate_escape_is_not_a_message() -> None:
         Message.from_json(text.replace("PLACEHOLDER", "\\ud800"))
     paired = Message.from_json(text.replace("PLACEHOLDER", "\\ud83d\\ude00"))  # a real pair
     assert paired.to_json().encode()
+
+
+# -- the quick reader (Message.well_formed) agrees with the checking one -------------
+
+
+def _read_both_ways(text: str | bytes) -> tuple[object, object]:
+    """``Message.from_json`` (which takes the quick way when it can), and the checking
+    reader alone: each the message read or the error's text."""
+    from tinytownd import wire
+
+    outcomes: list[object] = []
+    for read in (Message.from_json, lambda t: Message.from_dict(wire.load(t, "message"))):
+        try:
+            outcomes.append(read(text))
+        except InvalidMessageError as err:
+            outcomes.append(str(err))
+    return outcomes[0], outcomes[1]
+
+
+def test_the_quick_reader_takes_every_usual_upstream_message() -> None:
+    usual = [json.loads(text) for kind, text in upstream_documents() if kind == "message"]
+    taken = [doc for doc in usual if Message.well_formed(doc) is not None]
+    assert taken, "no upstream message took the quick way"
+    for doc in taken:
+        assert Message.well_formed(doc) == Message.from_dict(doc)
+
+
+_ODD_VALUES = [
+    ("id", A.upper()),
+    ("from", "not-a-uuid"),
+    ("to", 7),
+    ("created_at", "2026-11-24T18:00:00+02:00"),
+    ("created_at", "2026-11-24t16:00:00Z"),
+    ("created_at", "2026-11-24T16:00:00"),
+    ("created_at", "yesterday"),
+    ("priority", "URGENT"),
+    ("priority", None),
+    ("correlation_id", B.upper()),
+    ("correlation_id", 12),
+    ("description", None),
+    ("description", 12345678901234567890123),
+    ("type", "status_response"),
+    ("type", ["task"]),
+    ("newer_field", 1.5e-7),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), _ODD_VALUES)
+def test_an_unusual_message_reads_exactly_as_the_checking_reader_says(
+    field: str, value: object
+) -> None:
+    doc = json.loads(Message.task(A, B, "Fix the bug").to_json())
+    doc[field] = value
+    quick, checked = _read_both_ways(json.dumps(doc).encode())
+    assert quick == checked
+
+
+@pytest.mark.parametrize("field", ["id", "from", "to", "type", "created_at", "description"])
+def test_a_message_missing_a_field_reads_exactly_as_the_checking_reader_says(field: str) -> None:
+    doc = json.loads(Message.task(A, B, "Fix the bug").to_json())
+    del doc[field]
+    quick, checked = _read_both_ways(json.dumps(doc))
+    assert isinstance(checked, str) and quick == checked

@@ -20,6 +20,57 @@ from .messages import Message
 from .records import Agent, Task
 from .wire import Id, canonical_id
 
+#: Replies as Redis sent them: the operations decode what they read themselves.
+_RAW = {NEVER_DECODE: True}
+
+
+#: The commands the operations send most, whose replies no redis-py version reshapes
+#: (HGETALL's pairs become a dict here, as redis-py does). They skip redis-py's
+#: per-command wrapper (its retries, which ours replace, and its metrics hooks) and go
+#: straight to a pooled connection: about 6 µs of a 90 µs round trip.
+_AS_SENT = frozenset(
+    {
+        *("RPUSH", "LPUSH", "LPOP", "LMPOP", "BLPOP", "LMOVE", "BLMOVE", "LREM", "LLEN"),
+        *("LINDEX", "LRANGE", "HGETALL", "HSET", "HDEL", "GET", "DEL", "MULTI", "EXEC"),
+        *("EVALSHA", "EVAL", "PUBLISH"),
+    }
+)
+
+
+def _round_trip(
+    pool: redis.ConnectionPool, commands: list[steps.Command], reply_by: float | None
+) -> list[Any]:
+    # redis-py has no per-command read timeout, and the client's socket_timeout would
+    # cut every blocking pop short; so a pop with a deadline waits for its reply here.
+    connection = pool.get_connection()
+    try:
+        if len(commands) == 1:
+            connection.send_packed_command(connection.pack_command(*commands[0]))
+        else:
+            connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        error: redis.ResponseError | None = None
+        for command in commands:
+            if reply_by is not None and not connection.can_read(
+                timeout=max(0.0, reply_by - time.monotonic())
+            ):
+                raise redis.TimeoutError("Redis did not answer by the receive's deadline")
+            try:
+                reply = connection.read_response(disable_decoding=True)
+            except redis.ResponseError as refused:
+                error, reply = error or refused, refused
+            if command[0] == "HGETALL" and isinstance(reply, list):
+                reply = dict(zip(reply[::2], reply[1::2], strict=True))
+            replies.append(reply)
+    except BaseException:
+        connection.disconnect()  # a reply may still arrive: never reuse this one
+        raise
+    finally:
+        pool.release(connection)
+    if error is not None:
+        raise error
+    return replies
+
 
 class Channel(ops.ChannelCore):
     """Send and receive messages and keep agent and task state for one town.
@@ -49,6 +100,7 @@ class Channel(ops.ChannelCore):
         super().__init__(town, town_broadcast, reliable, state, retry_for, cluster)
         self.redis = client
         self._stale = False  # a cluster's slot map may be out of date: ask for it first
+        self._server = client if isinstance(client, redis.Redis) else None  # one server
 
     def _execute(self, step: steps.Step) -> Any:
         attempt, failing_since = 0, 0.0
@@ -66,6 +118,12 @@ class Channel(ops.ChannelCore):
                 time.sleep(delay)
 
     def _execute_once(self, step: steps.Step) -> Any:
+        server = self._server
+        if server is not None:  # the common case first, in as few steps as we can
+            if type(step) is tuple:
+                return self._send(server, [step])[0]
+            if type(step) is steps.Pop:
+                return step.value(self._send(server, step.commands(), step.reply_by())[-1])
         if isinstance(step, steps.Pause):
             time.sleep(step.seconds)
             return None
@@ -74,7 +132,7 @@ class Channel(ops.ChannelCore):
         if isinstance(step, steps.Primaries):
             return self._cluster.get_primaries() if self.keys.cluster else [None]
         if isinstance(step, steps.OnNode):
-            return self._client(step.node).execute_command(*step.command, **{NEVER_DECODE: True})
+            return self._client(step.node).execute_command(*step.command, **_RAW)
         if isinstance(step, steps.Pop):
             replies = self._send(self._client_of(step.key), step.commands(), step.reply_by())
             return step.value(replies[-1])
@@ -88,7 +146,7 @@ class Channel(ops.ChannelCore):
             ]
             return routing.merge(len(step), answered)
         client = self._client_of(routing.key_of(step))
-        return client.execute_command(*step, **{NEVER_DECODE: True})
+        return client.execute_command(*step, **_RAW)
 
     # -- a Redis Cluster: every command goes to its key's primary, on that node's client
 
@@ -126,37 +184,17 @@ class Channel(ops.ChannelCore):
     ) -> list[Any]:
         """Replies to ``commands``, sent to ``client`` in one round trip; past ``reply_by``
         (monotonic) without an answer, the connection is dropped and ``redis.TimeoutError``
-        raised."""
-        if reply_by is not None and isinstance(client, redis.Redis):
-            return self._send_until(client, commands, reply_by)
+        raised. An error reply is raised once every reply has been read."""
         if len(commands) == 1:
-            return [client.execute_command(*commands[0], **{NEVER_DECODE: True})]
+            if commands[0][0] in _AS_SENT:
+                return _round_trip(client.connection_pool, commands, reply_by)
+            return [client.execute_command(*commands[0], **_RAW)]
+        if all(command[0] in _AS_SENT for command in commands):
+            return _round_trip(client.connection_pool, commands, reply_by)
         pipe = client.pipeline(transaction=False)
         for command in commands:
-            pipe.execute_command(*command, **{NEVER_DECODE: True})
+            pipe.execute_command(*command, **_RAW)
         return pipe.execute()
-
-    @staticmethod
-    def _send_until(
-        client: redis.Redis, commands: list[steps.Command], reply_by: float
-    ) -> list[Any]:
-        # redis-py has no per-command read timeout, and the client's socket_timeout
-        # would cut every blocking pop short; so wait for each reply ourselves.
-        pool = client.connection_pool
-        connection = pool.get_connection()
-        try:
-            connection.send_packed_command(connection.pack_commands(commands))
-            replies = []
-            for _ in commands:
-                if not connection.can_read(timeout=max(0.0, reply_by - time.monotonic())):
-                    raise redis.TimeoutError("Redis did not answer by the receive's deadline")
-                replies.append(connection.read_response(disable_decoding=True))
-            return replies
-        except BaseException:
-            connection.disconnect()  # a reply may still arrive: never reuse this one
-            raise
-        finally:
-            pool.release(connection)
 
     def run(self, op: steps.Op[steps.T]) -> steps.T:
         """Run an operation from :mod:`tinytownd.ops` or :mod:`tinytownd.migrate`."""

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import InvalidMessageError
 from .records import Agent, AgentState, AgentType, SpawnMode, Task, TaskState
-from .wire import dumps, format_time, now, parse_time
+from .wire import dumps, now, parse_time
 
 #: Written on every save, in upstream's order.
 AGENT_FIELDS = (
@@ -99,26 +99,31 @@ def _text(name: str, attribute: Any, value: Any) -> str:
 def document_of(raw: Mapping[Any, Any], kind: type[Agent] | type[Task]) -> Any:
     """The agent or task in a hash read with HGETALL; raise :class:`InvalidMessageError`
     when its ``id`` is missing or not a UUID (everything else falls back to defaults)."""
-    doc: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.decode() if isinstance(key, bytes) else key
-        doc[name] = value.decode() if isinstance(value, bytes) else value
+    doc: dict[str, Any] = {
+        key.decode() if isinstance(key, bytes) else key: value.decode()
+        if isinstance(value, bytes)
+        else value
+        for key, value in raw.items()
+    }
     if "id" not in doc:
         raise InvalidMessageError("no id field")
+    # Timestamps stay datetimes from here on (from_dict takes them as they are): each
+    # is parsed once, never formatted and parsed again.
     created = _time(doc, "created_at", None)
     for name in _TIMES & doc.keys():
-        doc[name] = format_time(_time(doc, name, created))
+        doc[name] = created if name == "created_at" else _time(doc, name, created)
     for name in _COUNTERS & doc.keys():
         text = doc[name]
         doc[name] = int(text) if text.isdigit() and int(text) <= _MAX_COUNTER else 0
+    doc.setdefault("created_at", created)
     if kind is Agent:
         _enum(doc, "agent_type")
         _enum(doc, "spawn_mode")
         _enum(doc, "state", "agent_state")
-        for name in ("name", "cli"):
-            doc.setdefault(name, "")
-        for name in ("created_at", "last_heartbeat"):
-            doc.setdefault(name, format_time(now()))
+        doc.setdefault("name", "")
+        doc.setdefault("cli", "")
+        if "last_heartbeat" not in doc:
+            doc["last_heartbeat"] = now()
         doc.setdefault("tasks_completed", 0)
         doc.setdefault("last_active_at", doc["created_at"])
     else:
@@ -126,8 +131,8 @@ def document_of(raw: Mapping[Any, Any], kind: type[Agent] | type[Task]) -> Any:
             _enum(doc, "state", "task_state")
         doc["tags"] = _tags(doc.get("tags"))
         doc.setdefault("description", "")
-        for name in ("created_at", "updated_at"):
-            doc.setdefault(name, format_time(now()))
+        if "updated_at" not in doc:
+            doc["updated_at"] = now()
     return kind.from_dict(doc)
 
 

@@ -9,14 +9,16 @@ the wire, and it spares a parse and a format per id.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from .errors import InvalidMessageError
 from .wire import (
+    UUID_TEXT,
     Document,
     Id,
     build,
@@ -228,6 +230,10 @@ class Message(Document):
         return doc
 
     @classmethod
+    def well_formed(cls, doc: dict[str, Any]) -> Self | None:
+        return _well_formed(cls, doc)
+
+    @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Self:
         kind = required(doc, "type")
         body = _body(kind, doc)
@@ -245,3 +251,64 @@ class Message(Document):
                 "extra": extra(doc, _MESSAGE_KNOWN_BY_TYPE[kind]),
             },
         )
+
+
+M = TypeVar("M", bound="Message")
+_is_uuid = UUID_TEXT.fullmatch
+_are_uuids = re.compile(UUID_TEXT.pattern * 3).fullmatch
+_PRIORITIES: dict[Any, Priority] = dict(Priority._value2member_map_)
+_BODY_NAMES = {kind: tuple(name for name, _ in spec) for kind, spec in MESSAGE_TYPES.items()}
+_TEXT_ONLY = {kind: all(kind is str for _, kind in spec) for kind, spec in MESSAGE_TYPES.items()}
+
+
+def _well_formed(cls: type[M], doc: Mapping[str, Any]) -> M | None:
+    """The message in ``doc`` if it is the usual kind: canonical ids, a UTC timestamp,
+    text fields, nothing unknown. None for anything else, which :meth:`Message.from_dict`
+    then reads, or refuses with the reason. On every receive, so written for speed: the
+    same checks, inline."""
+    kind = doc.get("type")
+    if (
+        type(kind) is not str
+        or not _TEXT_ONLY.get(kind, False)
+        or not doc.keys() <= _MESSAGE_KNOWN_BY_TYPE[kind]
+    ):
+        return None
+    ident, sender, to = doc.get("id"), doc.get("from"), doc.get("to")
+    correlation, created = doc.get("correlation_id"), doc.get("created_at")
+    priority = _PRIORITIES.get(doc.get("priority", "normal"))
+    if (
+        priority is None
+        or type(ident) is not str
+        or type(sender) is not str
+        or type(to) is not str
+        or type(created) is not str
+        or not _are_uuids(ident + sender + to)
+        or (correlation is not None and (type(correlation) is not str or not _is_uuid(correlation)))
+        or len(created) < 20
+        or created[10] != "T"
+    ):
+        return None
+    body = {name: doc.get(name) for name in _BODY_NAMES[kind]}
+    for value in body.values():
+        if type(value) is not str:
+            return None
+    try:
+        moment = datetime.fromisoformat(created)
+    except ValueError:
+        return None
+    if moment.tzinfo is not UTC:
+        return None  # an offset, or none: the checking path converts or refuses
+    return build(
+        cls,
+        {
+            "sender": sender,
+            "to": to,
+            "type": kind,
+            "body": body,
+            "priority": priority,
+            "id": ident,
+            "created_at": moment,
+            "correlation_id": correlation,
+            "extra": {},
+        },
+    )

@@ -108,7 +108,10 @@ def receive(
     wait = seconds(timeout)
     deadline = None if wait is None else time.monotonic() + wait
     while True:
-        raw = yield from _pop(keys, agent, deadline, retry_for)
+        if keys.cluster:
+            raw = yield from _pop(keys, agent, deadline, retry_for)
+        else:  # urgent first, as tinytown's agents do, in one blocking call
+            raw = yield Pop(inbox, deadline, keys.urgent(agent))
         if raw is None:
             return None
         message = decode_message(raw, inbox, "moved to " + keys.dead(agent))
@@ -120,10 +123,9 @@ def receive(
 
 
 def _pop(keys: TownKeys, agent: str, deadline: float | None, retry_for: float) -> Op[Any]:
-    """The head of the agent's urgent list, else of its inbox, waiting until ``deadline``."""
+    """On a cluster, the head of the agent's urgent list, else of its inbox, waiting until
+    ``deadline``: the two lists live in different slots, so one at a time."""
     urgent, inbox = keys.urgent(agent), keys.inbox(agent)
-    if not keys.cluster:  # urgent first, as tinytown's agents do, in one blocking call
-        return (yield Pop(inbox, deadline, urgent))
     attempt, failing_since = 0, 0.0
     while True:
         try:

@@ -24,7 +24,7 @@ try:  # tinytownd[fast]: the same text, sooner
 except ImportError:  # the pure-Python path, the default
     _orjson = None
 
-_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _standard_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -106,7 +106,7 @@ def new_id() -> str:
 
 def canonical_id(value: Id, what: str = "id") -> str:
     """Lowercase hyphenated UUID text for a ``uuid.UUID`` or any UUID string."""
-    if isinstance(value, str) and _UUID_TEXT.fullmatch(value):
+    if isinstance(value, str) and UUID_TEXT.fullmatch(value):
         return value
     if isinstance(value, uuid.UUID):
         return str(value)
@@ -137,6 +137,10 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(text: Any, what: str) -> datetime:
+    """The UTC moment in RFC 3339 ``text``; an aware datetime (a reader that parsed it
+    already: the hash form) is taken as it is."""
+    if type(text) is datetime and text.tzinfo is UTC:
+        return text
     if not isinstance(text, str) or len(text) < 20 or text[10] not in "Tt ":
         raise InvalidMessageError(f"{what}: {text!r} is not an RFC 3339 timestamp")
     try:
@@ -201,6 +205,24 @@ def choice(doc: Mapping[str, Any], key: str, kind: type[E], default: E) -> E:
     except (KeyError, TypeError):
         allowed = ", ".join(kind)
         raise InvalidMessageError(f"{key}: {value!r:.60} is not one of {allowed}") from None
+
+
+def quick_load(text: str | bytes) -> Any:
+    """The hot path's ``json.loads``: None where :func:`load` must take care (malformed
+    text, or an escape that may hide a lone surrogate). A caller keeps the result only
+    if every value has the type it expects: orjson reads an int past 64 bits as a float,
+    which no such caller expects."""
+    if _orjson is not None:
+        try:
+            return _orjson.loads(text)  # refuses lone surrogates itself
+        except _orjson.JSONDecodeError:
+            return None
+    if (b"\\u" in text) if isinstance(text, bytes) else ("\\u" in text):
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def load(text: str | bytes, what: str) -> dict[str, Any]:
@@ -277,7 +299,19 @@ class Document:
     @classmethod
     def from_json(cls, text: str | bytes) -> Self:
         """Parse one document; raise :class:`InvalidMessageError` saying what is wrong."""
+        doc = quick_load(text)
+        if type(doc) is dict:
+            usual = cls.well_formed(doc)
+            if usual is not None:
+                return usual
         return cls.from_dict(load(text, cls.__name__.lower()))
+
+    @classmethod
+    def well_formed(cls, doc: dict[str, Any]) -> Self | None:
+        """The document in ``doc`` when it is the usual kind, by quick checks that accept
+        only what :meth:`from_dict` would read the same; None to leave it to
+        :meth:`from_dict`. A model whose documents are read on a hot path has one."""
+        return None
 
     def evolve(self, **changes: Any) -> Self:
         """A copy with some fields changed (the models are immutable)."""
