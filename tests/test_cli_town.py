@@ -234,6 +234,38 @@ def test_bench_prints_the_seed_table_with_floors_and_ratios(tmp: Path) -> None:
     assert not list(tmp.iterdir())  # a throwaway town, gone afterwards
 
 
+def test_bench_agents_runs_a_ring_both_ways_next_to_redis_benchmark(tmp: Path) -> None:
+    from tinytownd.cli.bench import render
+
+    result = tinytownd(
+        "bench", "--n", "100", "--agents", "1,3", "--seconds", "0.5", "--json", "--dir",
+        str(tmp), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    figures = report["agents"]
+    assert [row["agents"] for row in figures["rows"]] == [1, 3]
+    for row in figures["rows"]:
+        for mode in ("asyncio", "sync"):
+            run = row[mode]
+            assert run["msgs_per_s"] > 0, f"no message went round {row['agents']} {mode} agents"
+            assert 0 < run["latency_p50_us"] <= run["latency_p99_us"]
+            assert run["redis_cpu_percent"] >= 0
+        if figures["redis_benchmark"]:  # Debian's redis-tools: installed by .ci/run
+            floor = row["redis_benchmark"]
+            assert floor["rpush_per_s"] > 0 and floor["lpop_per_s"] > 0
+            assert floor["msgs_per_s"] < min(floor["rpush_per_s"], floor["lpop_per_s"])
+    text = render(report)
+    assert "| 3 | sync |" in text and "| 1 | asyncio |" in text
+    assert not list(tmp.iterdir())  # a throwaway town, gone afterwards
+
+
+def test_bench_agents_refuses_a_count_it_cannot_run(tmp: Path) -> None:
+    result = tinytownd("bench", "--agents", "8,zero", "--dir", str(tmp))
+    assert result.returncode == 2
+    assert "give agent counts from 1 to 4096" in result.stderr.strip().splitlines()[-1]
+
+
 def test_send_urgent_lands_on_the_urgent_list_and_inbox_shows_it_first(town: Path) -> None:
     to = str(uuid.uuid4())
     sent = tinytownd("send", "--urgent", "--to", to, "--type", "task", "now!", "--dir", str(town))

@@ -40,6 +40,40 @@ from .town import (
 )
 from .wire import Id, canonical_id
 
+#: Replies as Redis sent them: the operations decode what they read themselves.
+_RAW = {NEVER_DECODE: True}
+
+
+async def _round_trip(
+    pool: aioredis.ConnectionPool, commands: list[steps.Command], reply_by: float | None
+) -> list[Any]:
+    """:func:`tinytownd.channel._round_trip` for asyncio: the commands redis-py passes on
+    as they are (``steps.AS_SENT``), on a pooled connection, without redis-py's
+    per-command wrapper; an error reply raised once every reply has been read."""
+    connection = await pool.get_connection()
+    try:
+        if len(commands) == 1:
+            await connection.send_packed_command(connection.pack_command(*commands[0]))
+        else:
+            await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        error: ResponseError | None = None
+        for command in commands:
+            left = None if reply_by is None else max(0.0, reply_by - time.monotonic())
+            try:
+                reply = await connection.read_response(disable_decoding=True, timeout=left)
+            except ResponseError as refused:
+                error, reply = error or refused, refused
+            replies.append(steps.shaped(command, reply))
+    except BaseException:
+        await connection.disconnect()  # a reply may still arrive: never reuse this one
+        raise
+    finally:
+        await pool.release(connection)
+    if error is not None:
+        raise error
+    return replies
+
 
 class Channel(ops.ChannelCore):
     """:class:`tinytownd.Channel` for asyncio; ``client`` is a ``redis.asyncio.Redis``."""
@@ -111,31 +145,37 @@ class Channel(ops.ChannelCore):
         """The reply to a pop's last command; past its ``reply_by``, a TimeoutError."""
         reply_by = step.reply_by()
         node = self._node_of(step.key) if self.keys.cluster else None
+        if node is None:
+            return (await self._send(step.commands(), reply_by=reply_by))[-1]
         if reply_by is None:
             return (await self._send(step.commands(), node))[-1]
-        left = max(0.0, reply_by - time.monotonic())
         try:  # a cancelled command makes redis-py drop its connection
-            if node is None:
-                replies = await asyncio.wait_for(self._send(step.commands()), left)
-            else:
-                replies = await asyncio.wait_for(_send_on(node, step.commands()), left)
+            async with asyncio.timeout(max(0.0, reply_by - time.monotonic())):
+                replies = await _send_on(node, step.commands())
         except TimeoutError:
             raise redis.TimeoutError("Redis did not answer by the receive's deadline") from None
         return replies[-1]
 
-    async def _send(self, commands: list[steps.Command], node: Any | None = None) -> list[Any]:
-        """Replies to ``commands``, sent in one round trip (to ``node`` of a cluster)."""
+    async def _send(
+        self,
+        commands: list[steps.Command],
+        node: Any | None = None,
+        reply_by: float | None = None,
+    ) -> list[Any]:
+        """Replies to ``commands``, sent in one round trip (to ``node`` of a cluster); on
+        one server, past ``reply_by`` (monotonic) without an answer, a TimeoutError."""
         if node is not None:
-            pipeline = [
-                PipelineCommand(i, *c, **{NEVER_DECODE: True}) for i, c in enumerate(commands)
-            ]
+            pipeline = [PipelineCommand(i, *c, **_RAW) for i, c in enumerate(commands)]
             await node.execute_pipeline(pipeline)
             return routing.raise_first_error([command.result for command in pipeline])
+        if all(command[0] in steps.AS_SENT for command in commands):
+            assert isinstance(self.redis, aioredis.Redis)
+            return await _round_trip(self.redis.connection_pool, commands, reply_by)
         if len(commands) == 1:
-            return [await self.redis.execute_command(*commands[0], **{NEVER_DECODE: True})]
+            return [await self.redis.execute_command(*commands[0], **_RAW)]
         pipe = self.redis.pipeline(transaction=False)
         for command in commands:
-            pipe.execute_command(*command, **{NEVER_DECODE: True})
+            pipe.execute_command(*command, **_RAW)
         return await pipe.execute()
 
     # -- a Redis Cluster: every command goes to its key's primary

@@ -531,6 +531,14 @@ def command_figures(progress: Progress, rounds: int = 10) -> dict[str, float]:
     return figures
 
 
+def agents_figures(counts: list[int], seconds: float, progress: Progress) -> dict[str, Any]:
+    """The scale table (:mod:`tinytownd.loadbench`) on a throwaway town of its own."""
+    from . import loadbench
+
+    with throwaway_town() as paths:
+        return loadbench.agents_figures(str(paths.client_socket), counts, seconds, progress)
+
+
 def _load(client: redis.Redis, count: int) -> None:
     pipe = client.pipeline(transaction=False)
     for i in range(count):

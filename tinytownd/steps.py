@@ -34,6 +34,26 @@ _MIN_BLOCK = 0.001
 REPLY_GRACE = 0.5
 
 
+#: The commands the operations send most, whose replies no redis-py version reshapes
+#: (HGETALL's pairs become a dict here, as redis-py does). They skip redis-py's
+#: per-command wrapper (its retries, which ours replace, and its metrics hooks) and go
+#: straight to a pooled connection: about 6 µs of a 90 µs round trip.
+AS_SENT = frozenset(
+    {
+        *("RPUSH", "LPUSH", "LPOP", "LMPOP", "BLPOP", "LMOVE", "BLMOVE", "LREM", "LLEN"),
+        *("LINDEX", "LRANGE", "HGETALL", "HSET", "HDEL", "GET", "DEL", "MULTI", "EXEC"),
+        *("EVALSHA", "EVAL", "PUBLISH"),
+    }
+)
+
+
+def shaped(command: Command, reply: Any) -> Any:
+    """``reply`` to ``command`` as redis-py gives it: HGETALL's pairs as a dict."""
+    if command[0] == "HGETALL" and isinstance(reply, list):
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+    return reply
+
+
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs 0.3 µs more to make
 class Pop:
     """Take the head of ``key``, blocking until ``deadline`` (monotonic; None: forever).

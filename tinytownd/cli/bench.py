@@ -30,6 +30,58 @@ def _progress(enabled: bool) -> bench.Progress:
     return show
 
 
+def _counts(text: str) -> list[int]:
+    """``1,8,64`` as agent counts, each 1 to 4096."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or not all(1 <= count <= 4096 for count in counts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give agent counts from 1 to 4096, separated by commas (1,8,64,512)"
+        )
+    return counts
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.5 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds from 0.5 to 600")
+    return value
+
+
+def _agents_table(figures: dict[str, Any]) -> list[str]:
+    tool = figures["redis_benchmark"] or "redis-benchmark (not installed)"
+    lines = [
+        f"A town under load: N agents in a ring, one message in flight each, "
+        f"{figures['message_bytes']}-byte messages, {figures['seconds']:g} s per run; "
+        f"sync agents are threads in up to {figures['sync_processes']} processes. "
+        f"The floor: {tool} -c N, RPUSH then LPOP of as many bytes.",
+        "",
+        "| agents | mode | msgs/s | p50 send→receive | p99 | Redis CPU "
+        "| redis-benchmark msgs/s | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in figures["rows"]:
+        floor = row.get("redis_benchmark", {}).get("msgs_per_s")
+        for mode in ("asyncio", "sync"):
+            run = row[mode]
+            versus = f"{floor:,.0f} | {run['msgs_per_s'] / floor:.2f}x" if floor else "n/a | n/a"
+            lines.append(
+                f"| {row['agents']} | {mode} | {run['msgs_per_s']:,.0f} | "
+                f"{_us(run['latency_p50_us'])} | {_us(run['latency_p99_us'])} | "
+                f"{run['redis_cpu_percent']:.0f}% | {versus} |"
+            )
+    return lines
+
+
+def _us(value: float) -> str:
+    return f"{value / 1000:.1f} ms" if value >= 1000 else f"{value:.0f} us"
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| Operation | p50 | p99 | raw redis-py (p50) | ratio |", "|---|---|---|---|---|"]
     for row in rows:
@@ -132,6 +184,8 @@ def render(report: dict[str, Any]) -> str:
             ),
             f"idle daemon: {s['idle_cpu_percent']:.2f}% of one core, {s['idle_rss_mb']:.0f} MB RSS",
         ]
+    if "agents" in report:
+        lines += ["", *_agents_table(report["agents"])]
     return "\n".join(lines)
 
 
@@ -145,6 +199,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report["commands"] = bench.command_figures(progress)
     if args.supervisor:
         report["supervisor"] = bench.supervisor_figures(progress)
+    if args.agents:
+        report["agents"] = bench.agents_figures(args.agents, args.seconds, progress)
     if sys.stderr.isatty() and not args.json:
         print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
     emit(args, report, render(report))
@@ -177,5 +233,18 @@ def add_parsers(add: Callable[[str, str], argparse.ArgumentParser]) -> None:
         metavar="URL",
         help="also measure over TCP against the Redis at URL (one server, or any node of a "
         "Redis Cluster), next to the local socket; writes and deletes bench-* keys there",
+    )
+    p.add_argument(
+        "--agents",
+        type=_counts,
+        metavar="N[,N...]",
+        help="also run N agents in a ring through a throwaway town, asyncio in one process "
+        "and sync in several, next to redis-benchmark with N connections (try 1,8,64,512)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=_seconds,
+        default=3.0,
+        help="how long each --agents run is timed, after 1 s of warm-up (default 3)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
