@@ -464,3 +464,23 @@ def test_an_error_reply_leaves_the_connection_in_step(channel: Any, town: Path) 
 
 def _one(command: tuple[Any, ...]) -> Any:
     return (yield command)
+
+
+@pytest.mark.local_only
+def test_one_process_can_wait_on_more_inboxes_than_redis_py_pools_by_default(
+    town: Path,
+) -> None:
+    """redis-py 8 caps a connection pool at 100, and each waiting receive holds a
+    connection: Town's clients lift the cap, so 150 agents can wait in one process."""
+
+    async def wait_on_many() -> list[Any]:
+        async with await aio.Town.connect(town) as connected:
+            channel = connected.channel()
+            agents = [agent() for _ in range(150)]
+            waiting = [asyncio.create_task(channel.receive(a, timeout=20)) for a in agents]
+            await asyncio.sleep(0.5)  # every receive is waiting now
+            await channel.send_many([Message.ping(ME, a) for a in agents])
+            return await asyncio.gather(*waiting)
+
+    received = asyncio.run(wait_on_many())
+    assert len(received) == 150 and all(m is not None and m.type == "ping" for m in received)

@@ -451,7 +451,9 @@ def _has_hiredis() -> bool:
     return bool(HIREDIS_AVAILABLE)
 
 
-def supervisor_figures(progress: Progress, keys: int = 100_000) -> dict[str, Any]:
+def supervisor_figures(
+    progress: Progress, keys: tuple[int, ...] = (100_000, 1_000_000)
+) -> dict[str, Any]:
     """Start-to-ready, kill -9 to serving again (empty, RDB, AOF), idle CPU and RSS."""
     import psutil
 
@@ -471,8 +473,7 @@ def supervisor_figures(progress: Progress, keys: int = 100_000) -> dict[str, Any
     figures["start_to_ready_ms_p50"] = statistics.median(starts)
     for label, appendonly, count in (
         ("empty", False, 0),
-        ("rdb_100k", False, keys),
-        ("aof_100k", True, keys),
+        *((f"{form}_{_short(n)}", form == "aof", n) for n in keys for form in ("rdb", "aof")),
     ):
         progress(f"kill -9 recovery ({label})", 0.3)
         with throwaway_town() as paths:
@@ -484,8 +485,9 @@ def supervisor_figures(progress: Progress, keys: int = 100_000) -> dict[str, Any
             _load(client, count)
             if not appendonly:
                 client.save()
-            figures[f"kill9_to_serving_ms_{label}"] = _recovery(paths, client)
-            figures[f"bare_load_ms_{label}"] = _bare_load(paths, appendonly)
+            rounds = 3 if count >= 1_000_000 else 7  # a big load is steadier, and slow
+            figures[f"kill9_to_serving_ms_{label}"] = _recovery(paths, client, rounds)
+            figures[f"bare_load_ms_{label}"] = _bare_load(paths, appendonly, rounds)
     progress("idle daemon (30 s)", 0.8)
     with throwaway_town() as paths:
         daemon = psutil.Process(daemon_pid(paths))
@@ -496,6 +498,10 @@ def supervisor_figures(progress: Progress, keys: int = 100_000) -> dict[str, Any
         figures["idle_cpu_percent"] = used / 30 * 100
         figures["idle_rss_mb"] = daemon.memory_info().rss / 2**20
     return figures
+
+
+def _short(count: int) -> str:
+    return f"{count // 1_000_000}m" if count >= 1_000_000 else f"{count // 1000}k"
 
 
 def command_figures(progress: Progress, rounds: int = 10) -> dict[str, float]:

@@ -28,6 +28,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+#: As Town.channel()'s clients: no cap of 100 connections (redis-py 8's default).
+MAX_CONNECTIONS = 10_000
 #: How many processes share the sync agents: enough to keep every core busy.
 SYNC_PROCESSES = max(2, 2 * (os.cpu_count() or 1))
 #: Untimed time at the start of each run (connections made, caches warm), seconds.
@@ -84,7 +86,9 @@ def run_sync_worker(socket: str, town: str, agents: list[int], ring: int, times:
     from .channel import Channel
 
     # As Town.channel() makes them: no socket timeout (receives wait for themselves).
-    client = redis.Redis(unix_socket_path=socket, socket_timeout=None)
+    client = redis.Redis(
+        unix_socket_path=socket, socket_timeout=None, max_connections=MAX_CONNECTIONS
+    )
     channel = Channel(client, town)
     threads = [
         threading.Thread(target=_sync_agent, args=(channel, i, ring, times.begin_ns, times))
@@ -117,7 +121,9 @@ async def run_async_worker(socket: str, town: str, ring: int, times: Tally) -> N
 
     from .aio import Channel
 
-    client = aioredis.Redis(unix_socket_path=socket, socket_timeout=None)
+    client = aioredis.Redis(
+        unix_socket_path=socket, socket_timeout=None, max_connections=MAX_CONNECTIONS
+    )
     channel = Channel(client, town)
     await asyncio.sleep(max(0.0, (times.begin_ns - time.monotonic_ns()) / 1e9 - WARM_UP))
     await asyncio.gather(*(_async_agent(channel, i, ring, times) for i in range(ring)))

@@ -139,6 +139,10 @@ def retry_budget(config: Config, cluster: bool = False) -> float:
     return steps.RETRY_FOR_SENTINEL if is_sentinel(config.remote_url) else steps.RETRY_FOR
 
 
+#: Connections one client may open: Redis's own default ``maxclients``.
+MAX_CONNECTIONS = 10_000
+
+
 def client_options(
     config: Config, paths: ProjectPaths, kind: type[Any]
 ) -> tuple[str, dict[str, Any]]:
@@ -155,7 +159,13 @@ def client_options(
         from redis.retry import Retry
 
         retry = Retry(NoBackoff(), 0)
-    options: dict[str, Any] = {"retry": retry, "socket_connect_timeout": 5}
+    # Each waiting receive holds a connection, and redis-py 8 caps a pool at 100: a
+    # process with more agents than that would fail ("Too many connections").
+    options: dict[str, Any] = {
+        "retry": retry,
+        "socket_connect_timeout": 5,
+        "max_connections": MAX_CONNECTIONS,
+    }
     if config.remote_url:
         return config.remote_url, options
     password = paths.read_password()  # set when the town's Redis requires one
