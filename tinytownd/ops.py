@@ -83,11 +83,13 @@ def send_many(keys: TownKeys, messages: Iterable[Message]) -> Op[int]:
     return sent
 
 
-def decode_message(raw: bytes | str, where: str, fate: str) -> Message | None:
-    """The message in ``raw``, or None (logged once, saying its ``fate``) if it is invalid."""
+def decode_message(raw: bytes | str, where: str, dead: str | None = None) -> Message | None:
+    """The message in ``raw``, or None if it is invalid: logged once, saying that it moved
+    to the ``dead`` list (or, without one, that it was skipped)."""
     try:
         return Message.from_json(raw)
     except InvalidMessageError as err:
+        fate = "skipped" if dead is None else f"moved to {dead}"
         log.warning("invalid message on %s %s: %s", where, fate, err)
         return None
 
@@ -114,7 +116,7 @@ def receive(
             raw = yield Pop(inbox, deadline, keys.urgent(agent))
         if raw is None:
             return None
-        message = decode_message(raw, inbox, "moved to " + keys.dead(agent))
+        message = decode_message(raw, inbox, keys.dead(agent))
         if message is not None:
             return message
         yield ("RPUSH", keys.dead(agent), raw)
@@ -249,7 +251,7 @@ def receive_reliable(
             if deadline is None or deadline - time.monotonic() >= _MIN_BLOCK:
                 continue  # a cluster's slice ended: look at the urgent list again
             return None
-        message = decode_message(raw, inbox, "moved to " + keys.dead(agent))
+        message = decode_message(raw, inbox, keys.dead(agent))
         if message is not None:
             inflight.payload = raw
             return message
@@ -357,7 +359,7 @@ class BroadcastWait:
         """``(done, message)`` for one event (None: the wait ended without one)."""
         self.attempt, self.failing_since = 0, 0.0
         if event is not None and event["type"] == "message":
-            message = decode_message(event["data"], self.channel, "skipped")
+            message = decode_message(event["data"], self.channel)
             if message is not None:
                 return True, message
             return False, None
@@ -421,15 +423,15 @@ def _text(value: Any) -> str:
 def scan(pattern: str, count: int = 1000) -> Op[list[bytes]]:
     """Every key matching ``pattern``, by SCAN (never KEYS, which blocks Redis), on every
     primary of a cluster."""
-    found: list[bytes] = []
+    found: dict[bytes, None] = {}  # SCAN may return a key twice (while Redis rehashes)
     for node in (yield Primaries()):
         cursor: Any = 0
         while True:
             cursor, batch = yield OnNode(node, ("SCAN", cursor, "MATCH", pattern, "COUNT", count))
-            found.extend(batch)
+            found.update(dict.fromkeys(batch))
             if int(cursor) == 0:
                 break
-    return found
+    return list(found)
 
 
 def queue_lengths(keys: TownKeys, agent_ids: list[str]) -> Op[list[tuple[int, int, int, int]]]:
