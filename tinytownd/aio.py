@@ -59,11 +59,18 @@ async def _round_trip(
         replies: list[Any] = []
         error: ResponseError | None = None
         for command in commands:
-            left = None if reply_by is None else max(0.0, reply_by - time.monotonic())
             try:
-                reply = await connection.read_response(disable_decoding=True, timeout=left)
+                if reply_by is None:
+                    reply = await connection.read_response(disable_decoding=True)
+                else:
+                    # Not read_response(timeout=): past it, that returns None as if
+                    # Redis had answered nil, and keeps the connection.
+                    async with asyncio.timeout(max(0.0, reply_by - time.monotonic())):
+                        reply = await connection.read_response(disable_decoding=True)
             except ResponseError as refused:
                 error, reply = error or refused, refused
+            except TimeoutError:
+                raise redis.TimeoutError("Redis did not answer by the receive's deadline") from None
             replies.append(steps.shaped(command, reply))
     except BaseException:
         await connection.disconnect()  # a reply may still arrive: never reuse this one

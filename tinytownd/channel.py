@@ -27,6 +27,9 @@ _RAW = {NEVER_DECODE: True}
 def _round_trip(
     pool: redis.ConnectionPool, commands: list[steps.Command], reply_by: float | None
 ) -> list[Any]:
+    """Replies to ``commands`` (all ``steps.AS_SENT``) on one pooled connection, in one
+    round trip, without redis-py's per-command wrapper; an error reply is raised once
+    every reply has been read, so the connection stays in step."""
     # redis-py has no per-command read timeout, and the client's socket_timeout would
     # cut every blocking pop short; so a pop with a deadline waits for its reply here.
     connection = pool.get_connection()
