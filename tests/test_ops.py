@@ -229,6 +229,20 @@ def test_listings_scan_every_primary_to_its_last_cursor() -> None:
     assert names == [b"k1", b"k2"]
 
 
+def test_a_state_key_rewritten_between_type_and_read_is_looked_at_again() -> None:
+    import redis
+
+    from tinytownd.migrate import ConversionReport, _convert_one
+
+    report = ConversionReport()
+    wrong = redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind")
+    steps, _ = drive(
+        _convert_one("tt:t:agent:x", Agent, "json", False, report), [b"hash", wrong, b"string"]
+    )
+    assert [s[0] for s in steps] == ["TYPE", "HGETALL", "TYPE"]
+    assert report.already == 1 and report.problems == []
+
+
 def test_a_key_scan_returns_twice_is_listed_once() -> None:
     # Redis may return a key more than once while it rehashes (SCAN's documented promise).
     _, names = drive(scan("tt:t:agent:*"), [[None], [b"9", [b"k1", b"k2"]], [b"0", [b"k2"]]])

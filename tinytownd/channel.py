@@ -110,7 +110,7 @@ class Channel(ops.ChannelCore):
         if server is not None:  # the common case first, in as few steps as we can
             if type(step) is tuple:
                 return self._send(server, [step])[0]
-            if type(step) is steps.Pop:
+            if isinstance(step, steps.Pop):
                 return step.value(self._send(server, step.commands(), step.reply_by())[-1])
         if isinstance(step, steps.Pause):
             time.sleep(step.seconds)

@@ -228,7 +228,12 @@ def _convert_one(
         if found not in _FORM_TYPE.values():
             report.problems.append(f"{name}: a Redis {found}, not an agent or task")
             return
-        raw = yield ("HGETALL" if found == "hash" else "GET", name)
+        try:
+            raw = yield ("HGETALL" if found == "hash" else "GET", name)
+        except RedisResponseError as err:
+            if not str(err).startswith("WRONGTYPE"):
+                raise
+            continue  # rewritten in the other form since TYPE answered: look again
         if not raw:
             continue
         try:
