@@ -32,6 +32,8 @@ from typing import Any
 MAX_CONNECTIONS = 10_000
 #: How many processes share the sync agents: enough to keep every core busy.
 SYNC_PROCESSES = max(2, 2 * (os.cpu_count() or 1))
+#: Seconds the workers are given to start before the warm-up begins.
+STARTUP = 2.0
 #: Untimed time at the start of each run (connections made, caches warm), seconds.
 WARM_UP = 1.0
 
@@ -164,8 +166,9 @@ def ring_run(socket: str, town: str, ring: int, mode: str, seconds: float) -> di
 
     server = redis.Redis(unix_socket_path=socket)
     redis_process = psutil.Process(int(server.info("server")["process_id"]))
-    # Time for the workers to start: importing, and a thread per agent.
-    begin = time.monotonic_ns() + int((1.0 + ring / 400 + WARM_UP) * 1e9)
+    # Time for the workers to start (importing, a thread per agent), with room for a
+    # loaded machine: a worker that started after the window would count nothing.
+    begin = time.monotonic_ns() + int((STARTUP + ring / 400 + WARM_UP) * 1e9)
     end = begin + int(seconds * 1e9)
     shares: list[list[int]]
     if mode == "asyncio":
