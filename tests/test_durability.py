@@ -26,6 +26,7 @@ from support import client, project_dir, serving_pid, status, tinytownd, wait_un
 from test_disk_and_security import small_disk
 
 from tinytownd import Town, aio
+from tinytownd import channel as channel_module
 
 
 def crash(root: Path) -> int:
@@ -275,14 +276,19 @@ def test_stopping_an_adopted_redis_reports_a_clean_stop(town: Path) -> None:
     assert client(town).get("kept") == b"1"
 
 
-@pytest.mark.parametrize("flavour", ["sync", "asyncio"])
-def test_a_receive_never_outlives_its_timeout_on_a_stopped_redis(tmp: Path, flavour: str) -> None:
+@pytest.mark.parametrize("wait", [1.0, 0.0], ids=["receive", "try_receive"])
+@pytest.mark.parametrize("flavour", ["sync", "sync-polling", "asyncio"])
+def test_a_receive_never_outlives_its_timeout_on_a_stopped_redis(
+    tmp: Path, flavour: str, wait: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if flavour == "sync-polling":  # redis-py before 8, whose reads take no timeout
+        monkeypatch.setattr(channel_module, "_READ_TAKES_TIMEOUT", False)
     slow_checks = 'name = "frozen"\n[supervisor]\nhealth_interval = 30.0\n'
     with project_dir(tmp, config=slow_checks) as root:
         assert tinytownd("start", "--dir", str(root)).returncode == 0
-        runner = receive_sync if flavour == "sync" else receive_async
-        waited = runner(root, status(root)["redis_pid"])
-        assert waited < 1 + 1.5  # the timeout, the reply grace (0.5 s), slack for a busy CI
+        runner = receive_async if flavour == "asyncio" else receive_sync
+        waited = runner(root, status(root)["redis_pid"], wait)
+        assert waited < wait + 1.5  # the reply grace (0.5 s), slack for a busy CI
 
 
 def frozen(redis_pid: int) -> contextlib.AbstractContextManager[None]:
@@ -300,24 +306,24 @@ def frozen(redis_pid: int) -> contextlib.AbstractContextManager[None]:
 AGENT = "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 
 
-def receive_sync(root: Path, redis_pid: int) -> float:
+def receive_sync(root: Path, redis_pid: int, wait: float) -> float:
     with Town.connect(root, start=False) as town:
         channel = town.channel()
         assert channel.try_receive(AGENT) is None  # an agent that has been connected a while
         with frozen(redis_pid), pytest.raises(redis.TimeoutError):
             began = time.monotonic()
-            channel.receive(AGENT, timeout=1)
+            channel.receive(AGENT, timeout=wait)
         return time.monotonic() - began
 
 
-def receive_async(root: Path, redis_pid: int) -> float:
+def receive_async(root: Path, redis_pid: int, wait: float) -> float:
     async def run() -> float:
         async with await aio.Town.connect(root, start=False) as town:
             channel = town.channel()
             assert await channel.try_receive(AGENT) is None
             with frozen(redis_pid), pytest.raises(redis.TimeoutError):
                 began = time.monotonic()
-                await channel.receive(AGENT, timeout=1)
+                await channel.receive(AGENT, timeout=wait)
             return time.monotonic() - began
 
     return asyncio.run(run())

@@ -222,6 +222,7 @@ def test_the_quick_reader_takes_every_usual_upstream_message() -> None:
 _ODD_VALUES = [
     ("id", A.upper()),
     ("from", "not-a-uuid"),
+    ("from", B.upper()),
     ("to", 7),
     ("created_at", "2026-11-24T18:00:00+02:00"),
     ("created_at", "2026-11-24t16:00:00Z"),
@@ -229,6 +230,8 @@ _ODD_VALUES = [
     ("created_at", "yesterday"),
     ("priority", "URGENT"),
     ("priority", None),
+    ("priority", ["high"]),
+    ("priority", {"level": "high"}),
     ("correlation_id", B.upper()),
     ("correlation_id", 12),
     ("description", None),

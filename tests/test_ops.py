@@ -33,7 +33,7 @@ from tinytownd.ops import (
     set_state,
 )
 from tinytownd.routing import merge, route
-from tinytownd.steps import RETRY_FOR, Move, Pause, Pop, Primaries, TakeNow, retry_delay
+from tinytownd.steps import AS_SENT, RETRY_FOR, Move, Pause, Pop, Primaries, TakeNow, retry_delay
 
 KEYS = TownKeys("t")
 ME, YOU = str(uuid.uuid4()), str(uuid.uuid4())
@@ -101,6 +101,22 @@ def test_a_blocking_pop_asks_only_for_the_time_left_and_retries_within_it() -> N
     soon = retry_delay(Pop(KEYS.inbox(YOU), now + 0.05), 30, now, retry_for=60.0)
     assert soon is not None and soon <= 0.05  # a receive never outlives its timeout
     assert retry_delay(Move(KEYS.inbox(YOU), deadline, target="p"), 0, now) is None  # never
+
+
+def test_every_command_a_pop_sends_goes_out_as_sent_so_its_deadline_holds() -> None:
+    # The drivers bound a pop by its deadline only on the pooled path (steps.AS_SENT).
+    now = time.monotonic()
+    pops: list[Pop] = []
+    for deadline in (None, now - 1, now + 5):
+        for urgent in (None, KEYS.urgent(YOU)):
+            pops.append(Pop(KEYS.inbox(YOU), deadline, urgent))
+        for ack in (None, b"taken before"):
+            pops.append(Move(KEYS.inbox(YOU), deadline, target="p", ack=ack))
+            for by_text in (False, True):
+                pops.append(TakeNow(KEYS.inbox(YOU), deadline, "u", "p", ack, by_text))
+    sent = {command[0] for pop in pops for command in pop.commands()}
+    assert sent == {"BLPOP", "LPOP", "LMPOP", "BLMOVE", "LMOVE", "LREM", "EVALSHA", "EVAL"}
+    assert sent <= AS_SENT
 
 
 def test_reliable_receive_takes_in_one_script_then_waits_and_rechecks_after_a_failure() -> None:

@@ -5,6 +5,7 @@ All logic lives in :mod:`tinytownd.ops`; this class only runs it with redis-py.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
@@ -13,6 +14,7 @@ from typing import Any
 
 import redis
 from redis.client import NEVER_DECODE
+from redis.connection import AbstractConnection
 from redis.exceptions import RedisClusterException
 
 from . import ops, routing, steps
@@ -24,14 +26,17 @@ from .wire import Id, canonical_id
 _RAW = {NEVER_DECODE: True}
 
 
+#: redis-py 8 bounds one read by a socket timeout (``read_response(timeout=)``); before
+#: that, a deadline means polling the socket first, which costs about 6 µs a reply.
+_READ_TAKES_TIMEOUT = "timeout" in inspect.signature(AbstractConnection.read_response).parameters
+
+
 def _round_trip(
     pool: redis.ConnectionPool, commands: list[steps.Command], reply_by: float | None
 ) -> list[Any]:
     """Replies to ``commands`` (all ``steps.AS_SENT``) on one pooled connection, in one
     round trip, without redis-py's per-command wrapper; an error reply is raised once
     every reply has been read, so the connection stays in step."""
-    # redis-py has no per-command read timeout, and the client's socket_timeout would
-    # cut every blocking pop short; so a pop with a deadline waits for its reply here.
     connection = pool.get_connection()
     try:
         if len(commands) == 1:
@@ -41,12 +46,8 @@ def _round_trip(
         replies: list[Any] = []
         error: redis.ResponseError | None = None
         for command in commands:
-            if reply_by is not None and not connection.can_read(
-                timeout=max(0.0, reply_by - time.monotonic())
-            ):
-                raise redis.TimeoutError("Redis did not answer by the receive's deadline")
             try:
-                reply = connection.read_response(disable_decoding=True)
+                reply = _read(connection, reply_by)
             except redis.ResponseError as refused:
                 error, reply = error or refused, refused
             replies.append(steps.shaped(command, reply))
@@ -58,6 +59,20 @@ def _round_trip(
     if error is not None:
         raise error
     return replies
+
+
+def _read(connection: AbstractConnection, reply_by: float | None) -> Any:
+    """The next reply, raising ``redis.TimeoutError`` if it has not come by ``reply_by``."""
+    # The client's socket_timeout would cut every blocking pop short, so a pop's deadline
+    # is its own, on this one read.
+    if reply_by is None:
+        return connection.read_response(disable_decoding=True)
+    left = max(0.0, reply_by - time.monotonic())
+    if _READ_TAKES_TIMEOUT:
+        return connection.read_response(disable_decoding=True, timeout=left)
+    if not connection.can_read(timeout=left):
+        raise redis.TimeoutError("Redis did not answer by the receive's deadline")
+    return connection.read_response(disable_decoding=True)
 
 
 class Channel(ops.ChannelCore):
@@ -109,9 +124,12 @@ class Channel(ops.ChannelCore):
         server = self._server
         if server is not None:  # the common case first, in as few steps as we can
             if type(step) is tuple:
-                return self._send(server, [step])[0]
-            if isinstance(step, steps.Pop):
-                return step.value(self._send(server, step.commands(), step.reply_by())[-1])
+                if step[0] in steps.AS_SENT:
+                    return _round_trip(server.connection_pool, [step], None)[0]
+                return server.execute_command(*step, **_RAW)
+            if isinstance(step, steps.Pop):  # whose commands are all steps.AS_SENT
+                replies = _round_trip(server.connection_pool, step.commands(), step.reply_by())
+                return step.value(replies[-1])
         if isinstance(step, steps.Pause):
             time.sleep(step.seconds)
             return None

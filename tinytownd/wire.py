@@ -104,9 +104,27 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: Ids already found canonical: a town names the same few agents over and over, and
+#: a set lookup costs a tenth of the match.
+_CANONICAL: set[str] = set()
+_REMEMBERED = 4096
+
+
+def is_canonical_id(text: str) -> bool:
+    """Whether ``text`` is lowercase hyphenated UUID text."""
+    if text in _CANONICAL:
+        return True
+    if UUID_TEXT.fullmatch(text) is None:
+        return False
+    if len(_CANONICAL) >= _REMEMBERED:
+        _CANONICAL.clear()  # ids of agents long gone: start again
+    _CANONICAL.add(text)
+    return True
+
+
 def canonical_id(value: Id, what: str = "id") -> str:
     """Lowercase hyphenated UUID text for a ``uuid.UUID`` or any UUID string."""
-    if isinstance(value, str) and UUID_TEXT.fullmatch(value):
+    if type(value) is str and is_canonical_id(value):
         return value
     if isinstance(value, uuid.UUID):
         return str(value)
