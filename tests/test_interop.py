@@ -25,7 +25,7 @@ import redis
 import redis.asyncio as aioredis
 from support import client, project_dir, tinytownd
 
-from tinytownd import Agent, Channel, Message, Task, aio, migrate
+from tinytownd import Agent, Channel, InvalidMessageError, Message, Task, aio, hashform, migrate
 from tinytownd.errors import StateError
 from tinytownd.hashform import hash_time
 from tinytownd.keys import TownKeys
@@ -101,6 +101,97 @@ def test_every_upstream_hash_reads_as_upstreams_json_says(case: str, tmp_redis: 
     channel = Channel(tmp_redis, TOWN)
     read = channel.get_agent_state(entity_id) if kind is Agent else channel.get_task(entity_id)
     assert read == kind.from_json(documents()[case])
+
+
+def test_the_quick_hash_reader_takes_upstreams_hashes_and_reads_them_as_the_lenient_one() -> None:
+    taken = []
+    for case, (_, fields) in hashes().items():
+        raw = {name.encode(): value.encode() for name, value in fields.items()}
+        quick = hashform.quick_document_of(raw, kind_of(case))
+        if quick is not None:
+            assert quick == hashform.lenient_document_of(raw, kind_of(case)), case
+            taken.append(case)
+    assert len(taken) == len(CASES), sorted(set(CASES) - set(taken))
+
+
+def _read_both_ways(raw: dict[bytes, bytes], kind: type[Agent] | type[Task]) -> list[object]:
+    outcomes: list[object] = []
+    for read in (hashform.document_of, hashform.lenient_document_of):
+        try:
+            outcomes.append(read(raw, kind))
+        except (InvalidMessageError, UnicodeDecodeError) as err:
+            outcomes.append(repr(err))
+    return outcomes
+
+
+# Odd values a hand-edited or foreign hash may hold. None of them makes the lenient
+# reader fall back to "now", so both readers must give the very same answer.
+_ODD_AGENT_FIELDS = [
+    ("id", b"9C8B7A6D-5E4F-4A3B-8C2D-1E0F9A8B7C6D"),
+    ("id", b"not-a-uuid"),
+    ("parent_agent_id", b"9C8B7A6D-5E4F-4A3B-8C2D-1E0F9A8B7C6D"),
+    ("parent_agent_id", b"someone"),
+    ("spawn_mode", b"Fresh"),
+    ("state", b"asleep"),
+    ("agent_type", b""),
+    ("tasks_completed", "²".encode()),
+    ("tasks_completed", "١٢".encode()),
+    ("tasks_completed", b"-1"),
+    ("tasks_completed", b"007"),
+    ("tasks_completed", b"18446744073709551615"),
+    ("tasks_completed", b"18446744073709551616"),
+    ("rounds_completed", b"0" * 5000 + b"3"),
+    ("rounds_completed", b"1" * 5000),
+    ("last_heartbeat", b"2026-11-24T18:00:00+02:00"),
+    ("last_heartbeat", b"2026-11-24T16:00:00Z"),
+    ("last_heartbeat", b"2026-11-24 16:00:00.5+00:00"),
+    ("last_heartbeat", b"2026-11-24X16:00:00+00:00"),
+    ("last_heartbeat", b"2026-11-24T16:00:00"),
+    ("last_heartbeat", b"yesterday"),
+    ("last_active_at", b"2026-11-24T16:00Z"),
+    ("name", b"caf\xc3\xa9"),
+    ("name", b"\xff"),
+    ("nickname", b"\xff"),
+    ("newer_field", b"1.5"),
+]
+_ODD_TASK_FIELDS = [
+    ("state", b"in_flight"),
+    ("state", b"Done"),
+    ("assigned_to", b"9C8B7A6D-5E4F-4A3B-8C2D-1E0F9A8B7C6D"),
+    ("assigned_to", b"nobody"),
+    ("started_at", b"2026-11-24T18:00:00+02:00"),
+    ("completed_at", b"soon"),
+    ("tags", b"[1]"),
+    ("tags", b"not json"),
+    ("tags", b'["\\ud800"]'),
+    ("tags", b'["caf\\u00e9"]'),
+    ("tags", b'{"a": "b"}'),
+    ("description", b"\xff"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [("²", 0), ("١٢", 0), ("-1", 0), ("1" * 5000, 0), ("0" * 5000 + "3", 3), ("007", 7)],
+)
+def test_a_counter_reads_as_upstreams_u64_parse_or_zero(text: str, count: int) -> None:
+    raw = {name.encode(): value.encode() for name, value in hashes()["agent-new-rust"][1].items()}
+    raw[b"tasks_completed"] = text.encode()
+    assert hashform.document_of(raw, Agent).tasks_completed == count
+
+
+@pytest.mark.parametrize(
+    ("case", "field", "value"),
+    [("agent-optional-all", *odd) for odd in _ODD_AGENT_FIELDS]
+    + [("task-optional-all", *odd) for odd in _ODD_TASK_FIELDS],
+)
+def test_an_unusual_hash_reads_exactly_as_the_lenient_reader_says(
+    case: str, field: str, value: bytes
+) -> None:
+    raw = {name.encode(): text.encode() for name, text in hashes()[case][1].items()}
+    raw[field.encode()] = value
+    quick, lenient = _read_both_ways(raw, kind_of(case))
+    assert quick == lenient
 
 
 @pytest.mark.parametrize("case", CASES)

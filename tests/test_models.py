@@ -6,13 +6,15 @@ import contextlib
 import json
 import re
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinytownd import Agent, InvalidMessageError, Message, Priority, Task, TaskState
+from tinytownd import Agent, InvalidMessageError, Message, Priority, Task, TaskState, hashform
 from tinytownd.messages import MESSAGE_TYPES
 
 FIXTURES = Path(__file__).with_name("data") / "upstream-fixtures.tsv"
@@ -258,3 +260,61 @@ def test_a_message_missing_a_field_reads_exactly_as_the_checking_reader_says(fie
     del doc[field]
     quick, checked = _read_both_ways(json.dumps(doc))
     assert isinstance(checked, str) and quick == checked
+
+
+def test_a_hash_write_sets_upstreams_fields_in_its_order_and_drops_the_nulls() -> None:
+    when = datetime(2026, 11, 24, 18, 0, 0, 500_000, tzinfo=timezone(timedelta(hours=2)))
+    full = Agent(
+        name="w", cli="claude", nickname="n", role_id="r", parent_agent_id=B, current_task="t"
+    )
+    values, absent = hashform.fields_of(replace(full, created_at=when, extra={"newer": [1]}))
+    assert list(values) == [*hashform.AGENT_FIELDS, *hashform.AGENT_OPTIONAL, "newer"]
+    assert values["created_at"] == "2026-11-24T16:00:00.500+00:00" and values["newer"] == "[1]"
+    assert absent == []
+    values, absent = hashform.fields_of(Task(description="d", tags=("a", "b")))
+    assert list(values) == list(hashform.TASK_FIELDS) and values["tags"] == '["a","b"]'
+    assert absent == list(hashform.TASK_OPTIONAL)
+
+
+_TIMES = st.datetimes(
+    min_value=datetime(1000, 1, 1),
+    max_value=datetime(9999, 1, 1),
+    timezones=st.sampled_from([UTC, timezone(timedelta(hours=-7))]),
+)
+_IDS = st.uuids().map(str)
+_AGENTS = st.builds(
+    Agent,
+    name=st.text(),
+    cli=st.text(),
+    id=_IDS,
+    nickname=st.none() | st.text(),
+    parent_agent_id=st.none() | _IDS,
+    current_task=st.none() | st.text(),
+    created_at=_TIMES,
+    last_heartbeat=_TIMES,
+    tasks_completed=st.integers(0, 2**64 - 1),
+    last_active_at=_TIMES,
+)
+_TASKS = st.builds(
+    Task,
+    description=st.text(),
+    id=_IDS,
+    state=st.sampled_from(TaskState),
+    assigned_to=st.none() | _IDS,
+    created_at=_TIMES,
+    updated_at=_TIMES,
+    started_at=st.none() | _TIMES,
+    result=st.none() | st.text(),
+    tags=st.lists(st.text()).map(tuple),
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_AGENTS, _TASKS))
+def test_what_a_hash_write_stores_the_quick_reader_reads_back_whole(
+    document: Agent | Task,
+) -> None:
+    values, _ = hashform.fields_of(document)
+    raw = {name.encode(): value.encode() for name, value in values.items()}
+    quick = hashform.quick_document_of(raw, type(document))
+    assert quick == hashform.lenient_document_of(raw, type(document)) == document
