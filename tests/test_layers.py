@@ -24,6 +24,7 @@ CLIENT = (
     "ops",
     "steps",
     "routing",
+    "resp",
     "hashform",
     "messages",
     "records",
@@ -92,7 +93,10 @@ def test_the_client_and_the_ground_floor_use_only_control_of_the_daemon(module: 
 
 @pytest.mark.parametrize(
     "module",
-    ["ops", "steps", "routing", "hashform", "messages", "records", "wire", "keys", "migrate"],
+    [
+        *("ops", "steps", "routing", "resp", "hashform", "messages", "records", "wire", "keys"),
+        "migrate",
+    ],
 )
 def test_the_protocol_core_does_no_io_of_its_own(module: str) -> None:
     """Operations yield commands and take replies: no sockets, no clients, no sleeping."""

@@ -9,12 +9,13 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinytownd import Agent, InvalidMessageError, Message, Priority, Task, TaskState, hashform
+from tinytownd import Agent, InvalidMessageError, Message, Priority, Task, TaskState, hashform, wire
 from tinytownd.messages import MESSAGE_TYPES
 
 FIXTURES = Path(__file__).with_name("data") / "upstream-fixtures.tsv"
@@ -202,8 +203,6 @@ def test_a_lone_surrogate_escape_is_not_a_message() -> None:
 def _read_both_ways(text: str | bytes) -> tuple[object, object]:
     """``Message.from_json`` (which takes the quick way when it can), and the checking
     reader alone: each the message read or the error's text."""
-    from tinytownd import wire
-
     outcomes: list[object] = []
     for read in (Message.from_json, lambda t: Message.from_dict(wire.load(t, "message"))):
         try:
@@ -318,3 +317,23 @@ def test_what_a_hash_write_stores_the_quick_reader_reads_back_whole(
     raw = {name.encode(): value.encode() for name, value in values.items()}
     quick = hashform.quick_document_of(raw, type(document))
     assert quick == hashform.lenient_document_of(raw, type(document)) == document
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        lambda text: " " + text,
+        lambda text: text + "\n",
+        lambda text: "\ufeff" + text,
+        lambda text: text.replace(",", ", "),
+    ],
+    ids=["leading blank", "trailing newline", "BOM", "blanks inside"],
+)
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_text_a_peer_does_not_write_reads_as_the_checking_reader_says(
+    shape: Any, encoding: str
+) -> None:
+    raw = shape(Message.task(A, B, "Fix the bug").to_json()).encode(encoding)
+    with wire.standard_json():
+        quick, checked = _read_both_ways(raw)
+    assert quick == checked

@@ -22,7 +22,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.client import NEVER_DECODE
 from redis.exceptions import RedisClusterException, ResponseError
 
-from . import ops, routing, steps
+from . import ops, resp, routing, steps
 from .errors import UnsupportedServerError
 from .messages import Message
 from .peer import check_own
@@ -50,9 +50,12 @@ async def _round_trip(
     """:func:`tinytownd.channel._round_trip` for asyncio: the commands redis-py passes on
     as they are (``steps.AS_SENT``), on a pooled connection, without redis-py's
     per-command wrapper; an error reply raised once every reply has been read."""
+    packed = resp.request(commands, pool.connection_kwargs)
     connection = await pool.get_connection()
     try:
-        if len(commands) == 1:
+        if packed is not None:
+            await connection.send_packed_command([packed])
+        elif len(commands) == 1:
             await connection.send_packed_command(connection.pack_command(*commands[0]))
         else:
             await connection.send_packed_command(connection.pack_commands(commands))

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from . import hashform, wire
+from . import hashform, resp, wire
 from .channel import Channel
 from .config import Config, load, redact_url
 from .daemon import control, engine, redis_admin
@@ -428,17 +428,21 @@ def _fast() -> bool:
 
 def pure_python_rows(paths: ProjectPaths, town: str, n: int, progress: Progress) -> list[Row]:
     """The unix socket rows as they are without tinytownd[fast]: redis-py's own reply
-    parser on a connection of their own, and json from the standard library."""
+    parser and packer on connections of their own, our packing in Python, and json
+    from the standard library."""
     from redis._parsers import _RESP2Parser
+    from redis.connection import PythonRespSerializer
+
+    class PureConnection(redis.UnixDomainSocketConnection):
+        def _construct_command_packer(self, packer: Any) -> Any:  # hiredis packs otherwise
+            return PythonRespSerializer(self._buffer_cutoff, self.encoder.encode)
 
     pool = redis.ConnectionPool(
-        connection_class=redis.UnixDomainSocketConnection,
-        path=str(paths.client_socket),
-        parser_class=_RESP2Parser,
+        connection_class=PureConnection, path=str(paths.client_socket), parser_class=_RESP2Parser
     )
     client = redis.Redis(connection_pool=pool)
     try:
-        with wire.standard_json():
+        with wire.standard_json(), resp.python_packing():
             return channel_rows(Channel(client, town), n, progress, "pure ")
     finally:
         client.close()

@@ -17,7 +17,7 @@ from redis.client import NEVER_DECODE
 from redis.connection import AbstractConnection
 from redis.exceptions import RedisClusterException
 
-from . import ops, routing, steps
+from . import ops, resp, routing, steps
 from .messages import Message
 from .records import Agent, Task
 from .wire import Id, canonical_id
@@ -37,9 +37,12 @@ def _round_trip(
     """Replies to ``commands`` (all ``steps.AS_SENT``) on one pooled connection, in one
     round trip, without redis-py's per-command wrapper; an error reply is raised once
     every reply has been read, so the connection stays in step."""
+    packed = resp.request(commands, pool.connection_kwargs)
     connection = pool.get_connection()
     try:
-        if len(commands) == 1:
+        if packed is not None:
+            connection.send_packed_command([packed])
+        elif len(commands) == 1:
             connection.send_packed_command(connection.pack_command(*commands[0]))
         else:
             connection.send_packed_command(connection.pack_commands(commands))
@@ -47,7 +50,15 @@ def _round_trip(
         error: redis.ResponseError | None = None
         for command in commands:
             try:
-                reply = _read(connection, reply_by)
+                # A pop's deadline is its own, on this one read: the client's
+                # socket_timeout would cut every blocking pop short.
+                if reply_by is None:
+                    reply = connection.read_response(disable_decoding=True)
+                elif _READ_TAKES_TIMEOUT:
+                    left = max(0.0, reply_by - time.monotonic())
+                    reply = connection.read_response(disable_decoding=True, timeout=left)
+                else:
+                    reply = _polled_read(connection, reply_by)
             except redis.ResponseError as refused:
                 error, reply = error or refused, refused
             replies.append(steps.shaped(command, reply))
@@ -61,16 +72,10 @@ def _round_trip(
     return replies
 
 
-def _read(connection: AbstractConnection, reply_by: float | None) -> Any:
-    """The next reply, raising ``redis.TimeoutError`` if it has not come by ``reply_by``."""
-    # The client's socket_timeout would cut every blocking pop short, so a pop's deadline
-    # is its own, on this one read.
-    if reply_by is None:
-        return connection.read_response(disable_decoding=True)
-    left = max(0.0, reply_by - time.monotonic())
-    if _READ_TAKES_TIMEOUT:
-        return connection.read_response(disable_decoding=True, timeout=left)
-    if not connection.can_read(timeout=left):
+def _polled_read(connection: AbstractConnection, reply_by: float) -> Any:
+    """The next reply, or ``redis.TimeoutError`` if it has not come by ``reply_by``, on a
+    redis-py whose reads take no timeout."""
+    if not connection.can_read(timeout=max(0.0, reply_by - time.monotonic())):
         raise redis.TimeoutError("Redis did not answer by the receive's deadline")
     return connection.read_response(disable_decoding=True)
 
@@ -106,30 +111,39 @@ class Channel(ops.ChannelCore):
         self._server = client if isinstance(client, redis.Redis) else None  # one server
 
     def _execute(self, step: steps.Step) -> Any:
-        attempt, failing_since = 0, 0.0
+        server = self._server
+        try:
+            if server is not None:  # the common case first, in as few calls as we can
+                if type(step) is tuple and step[0] in steps.AS_SENT:
+                    return _round_trip(server.connection_pool, [step], None)[0]
+                if isinstance(step, steps.Pop):  # whose commands are all steps.AS_SENT
+                    replies = _round_trip(server.connection_pool, step.commands(), step.reply_by())
+                    return step.value(replies[-1])
+                if type(step) is list:
+                    return self._send(server, step)
+            return self._execute_once(step)
+        except steps.RETRYABLE as error:
+            failure = error
+        return self._retry(step, failure)  # outside the handler: no chained traceback
+
+    def _retry(self, step: steps.Step, error: Exception) -> Any:
+        """Carry ``step`` out again after ``error`` until it succeeds or the retry policy
+        gives up (then the last error is raised)."""
+        attempt, failing_since = 0, time.monotonic()
         while True:
+            self._stale = self.keys.cluster
+            steps.refuse_redirect(error, self.keys.cluster)
+            delay = steps.retry_delay(step, attempt, failing_since, self.retry_for)
+            if delay is None:
+                raise error
+            attempt += 1
+            time.sleep(delay)
             try:
                 return self._execute_once(step)
-            except steps.RETRYABLE as error:
-                self._stale = self.keys.cluster
-                steps.refuse_redirect(error, self.keys.cluster)
-                failing_since = failing_since or time.monotonic()
-                delay = steps.retry_delay(step, attempt, failing_since, self.retry_for)
-                if delay is None:
-                    raise
-                attempt += 1
-                time.sleep(delay)
+            except steps.RETRYABLE as again:
+                error = again
 
     def _execute_once(self, step: steps.Step) -> Any:
-        server = self._server
-        if server is not None:  # the common case first, in as few steps as we can
-            if type(step) is tuple:
-                if step[0] in steps.AS_SENT:
-                    return _round_trip(server.connection_pool, [step], None)[0]
-                return server.execute_command(*step, **_RAW)
-            if isinstance(step, steps.Pop):  # whose commands are all steps.AS_SENT
-                replies = _round_trip(server.connection_pool, step.commands(), step.reply_by())
-                return step.value(replies[-1])
         if isinstance(step, steps.Pause):
             time.sleep(step.seconds)
             return None

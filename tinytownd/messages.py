@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from .errors import InvalidMessageError
 from .wire import (
@@ -231,7 +231,63 @@ class Message(Document):
 
     @classmethod
     def well_formed(cls, doc: dict[str, Any]) -> Self | None:
-        return _well_formed(cls, doc)
+        """The message in ``doc`` if it is the usual kind: canonical ids, a UTC timestamp,
+        text fields, nothing unknown. None for anything else, which :meth:`Message.from_dict`
+        then reads, or refuses with the reason. On every receive, so written for speed: the
+        same checks, inline."""
+        kind = doc.get("type")
+        if type(kind) is not str:
+            return None
+        names = _TEXT_BODY_NAMES.get(kind)
+        if names is None or not doc.keys() <= _MESSAGE_KNOWN_BY_TYPE[kind]:
+            return None
+        ident, sender, to = doc.get("id"), doc.get("from"), doc.get("to")
+        correlation, created = doc.get("correlation_id"), doc.get("created_at")
+        level = doc.get("priority", "normal")
+        priority = _PRIORITIES.get(level) if type(level) is str else None
+        if (
+            priority is None
+            or type(ident) is not str
+            or type(sender) is not str
+            or type(to) is not str
+            or type(created) is not str
+            or not _is_uuid(ident)
+            or (
+                correlation is not None
+                and (type(correlation) is not str or not _is_uuid(correlation))
+            )
+            or len(created) < 20
+            or created[10] != "T"
+        ):
+            return None
+        if not (is_canonical_id(sender) and is_canonical_id(to)):  # the usual agents, remembered
+            return None
+        body: dict[str, Any] = {}
+        for name in names:
+            value = doc.get(name)
+            if type(value) is not str:
+                return None
+            body[name] = value
+        try:
+            moment = datetime.fromisoformat(created)
+        except ValueError:
+            return None
+        if moment.tzinfo is not UTC:
+            return None  # an offset, or none: the checking path converts or refuses
+        return build(
+            cls,
+            {
+                "sender": sender,
+                "to": to,
+                "type": kind,
+                "body": body,
+                "priority": priority,
+                "id": ident,
+                "created_at": moment,
+                "correlation_id": correlation,
+                "extra": {},
+            },
+        )
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Self:
@@ -253,7 +309,6 @@ class Message(Document):
         )
 
 
-M = TypeVar("M", bound="Message")
 _is_uuid = UUID_TEXT.fullmatch
 _PRIORITIES: dict[Any, Priority] = dict(Priority._value2member_map_)
 #: The field names of each message type whose fields are all text: the quick reader's.
@@ -262,60 +317,3 @@ _TEXT_BODY_NAMES = {
     for kind, spec in MESSAGE_TYPES.items()
     if all(expected is str for _, expected in spec)
 }
-
-
-def _well_formed(cls: type[M], doc: Mapping[str, Any]) -> M | None:
-    """The message in ``doc`` if it is the usual kind: canonical ids, a UTC timestamp,
-    text fields, nothing unknown. None for anything else, which :meth:`Message.from_dict`
-    then reads, or refuses with the reason. On every receive, so written for speed: the
-    same checks, inline."""
-    kind = doc.get("type")
-    if type(kind) is not str:
-        return None
-    names = _TEXT_BODY_NAMES.get(kind)
-    if names is None or not doc.keys() <= _MESSAGE_KNOWN_BY_TYPE[kind]:
-        return None
-    ident, sender, to = doc.get("id"), doc.get("from"), doc.get("to")
-    correlation, created = doc.get("correlation_id"), doc.get("created_at")
-    level = doc.get("priority", "normal")
-    priority = _PRIORITIES.get(level) if type(level) is str else None
-    if (
-        priority is None
-        or type(ident) is not str
-        or type(sender) is not str
-        or type(to) is not str
-        or type(created) is not str
-        or not _is_uuid(ident)
-        or (correlation is not None and (type(correlation) is not str or not _is_uuid(correlation)))
-        or len(created) < 20
-        or created[10] != "T"
-    ):
-        return None
-    if not (is_canonical_id(sender) and is_canonical_id(to)):  # the usual agents, remembered
-        return None
-    body: dict[str, Any] = {}
-    for name in names:
-        value = doc.get(name)
-        if type(value) is not str:
-            return None
-        body[name] = value
-    try:
-        moment = datetime.fromisoformat(created)
-    except ValueError:
-        return None
-    if moment.tzinfo is not UTC:
-        return None  # an offset, or none: the checking path converts or refuses
-    return build(
-        cls,
-        {
-            "sender": sender,
-            "to": to,
-            "type": kind,
-            "body": body,
-            "priority": priority,
-            "id": ident,
-            "created_at": moment,
-            "correlation_id": correlation,
-            "extra": {},
-        },
-    )

@@ -111,7 +111,7 @@ def render(report: dict[str, Any]) -> str:
         "",
         *(
             [
-                "Unix socket, without tinytownd[fast] (redis-py's parser, the standard json)",
+                "Unix socket, without tinytownd[fast] (Python packing and parsing, standard json)",
                 "",
                 *_table(report["unix_pure_python"]),
                 "",
