@@ -315,8 +315,12 @@ def test_what_a_hash_write_stores_the_quick_reader_reads_back_whole(
 ) -> None:
     values, _ = hashform.fields_of(document)
     raw = {name.encode(): value.encode() for name, value in values.items()}
+    lenient = hashform.lenient_document_of(raw, type(document))
+    assert lenient == document
+    # The quick reader may leave a hash to the lenient one (without orjson, tags with an
+    # escape such as "\u0007"), but never reads it otherwise.
     quick = hashform.quick_document_of(raw, type(document))
-    assert quick == hashform.lenient_document_of(raw, type(document)) == document
+    assert quick is None or quick == lenient
 
 
 @pytest.mark.parametrize(
