@@ -230,6 +230,12 @@ def test_bench_prints_the_seed_table_with_floors_and_ratios(tmp: Path) -> None:
         assert row["p50_us"] > 0 and row["floor_p50_us"] > 0
         assert row["ratio"] == pytest.approx(row["p50_us"] / row["floor_p50_us"])
     assert report["send_many"]["send_many_msgs_per_s"] > 0
+    fast = report["machine"]["hiredis"] or report["machine"]["orjson"]
+    pure = report["send_many_pure_python"]
+    assert (pure["send_many_msgs_per_s"] > 0) if fast else pure is None
+    from tinytownd.cli.bench import render
+
+    assert ("send_many without tinytownd[fast]: " in render(report)) == bool(fast)
     assert set(report["end_to_end"]) == {"sync", "asyncio"}
     assert not list(tmp.iterdir())  # a throwaway town, gone afterwards
 

@@ -384,7 +384,9 @@ def run(directory: str | None, n: int, progress: Progress) -> dict[str, Any]:
         rows = channel_rows(channel, n, progress)
         # With tinytownd[fast], the same rows again as without it: redis-py's own reply
         # parser instead of hiredis, the standard library's json instead of orjson.
-        pure_rows = pure_python_rows(paths, channel.keys.town, n, progress) if _fast() else []
+        pure_rows, pure_many = (
+            pure_python_rows(paths, channel.keys.town, n, progress) if _fast() else ([], None)
+        )
         # TCP only ever on a throwaway town, bound to loopback.
         spare = stack.enter_context(throwaway_town())
         port = free_port()
@@ -416,6 +418,7 @@ def run(directory: str | None, n: int, progress: Progress) -> dict[str, Any]:
             "tcp": [asdict(row) for row in tcp_rows],
             "unix_vs_tcp": [asdict(row) for row in transports],
             "send_many": pipelined,
+            "send_many_pure_python": pure_many,
             "end_to_end": e2e,
         }
     raise AssertionError("unreachable")
@@ -426,10 +429,12 @@ def _fast() -> bool:
     return _has_hiredis() or wire.fast_json()
 
 
-def pure_python_rows(paths: ProjectPaths, town: str, n: int, progress: Progress) -> list[Row]:
-    """The unix socket rows as they are without tinytownd[fast]: redis-py's own reply
-    parser and packer on connections of their own, our packing in Python, and json
-    from the standard library."""
+def pure_python_rows(
+    paths: ProjectPaths, town: str, n: int, progress: Progress
+) -> tuple[list[Row], dict[str, float]]:
+    """The unix socket rows and send_many as they are without tinytownd[fast]: redis-py's
+    own reply parser and packer on connections of their own, our packing in Python, and
+    json from the standard library."""
     from redis._parsers import _RESP2Parser
     from redis.connection import PythonRespSerializer
 
@@ -443,7 +448,8 @@ def pure_python_rows(paths: ProjectPaths, town: str, n: int, progress: Progress)
     client = redis.Redis(connection_pool=pool)
     try:
         with wire.standard_json(), resp.python_packing():
-            return channel_rows(Channel(client, town), n, progress, "pure ")
+            channel = Channel(client, town)
+            return channel_rows(channel, n, progress, "pure "), send_many_rows(channel, n)
     finally:
         client.close()
         pool.disconnect()

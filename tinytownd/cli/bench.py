@@ -92,6 +92,13 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _send_many_line(label: str, many: dict[str, float]) -> str:
+    return (
+        f"{label}: {many['send_many_msgs_per_s']:,.0f} msgs/s (raw pipelined RPUSH "
+        f"{many['raw_pipeline_msgs_per_s']:,.0f} msgs/s; {many['ratio']:.2f}x)"
+    )
+
+
 def render(report: dict[str, Any]) -> str:
     machine = report["machine"]
     transports = ", ".join(
@@ -99,7 +106,6 @@ def render(report: dict[str, Any]) -> str:
         f"({row['ratio']:.2f}x)"
         for row in report["unix_vs_tcp"]
     )
-    many = report["send_many"]
     lines = [
         f"{machine['redis']}, Python {machine['python']}, {machine['cpus']} CPUs, "
         f"hiredis {'on' if machine['hiredis'] else 'off'}, "
@@ -124,8 +130,12 @@ def render(report: dict[str, Any]) -> str:
         *_table(report["tcp"]),
         "",
         f"unix socket vs TCP loopback, same server, alternating: {transports}",
-        f"send_many: {many['send_many_msgs_per_s']:,.0f} msgs/s (raw pipelined RPUSH "
-        f"{many['raw_pipeline_msgs_per_s']:,.0f} msgs/s; {many['ratio']:.2f}x)",
+        _send_many_line("send_many", report["send_many"]),
+        *(
+            [_send_many_line("send_many without tinytownd[fast]", pure)]
+            if (pure := report.get("send_many_pure_python"))
+            else []
+        ),
     ]
     for mode, e2e in report["end_to_end"].items():
         lines.append(
@@ -160,11 +170,7 @@ def render(report: dict[str, Any]) -> str:
                 f"{row['p99_us']:.0f} us | {row['floor']} {row['floor_p50_us']:.0f} us | "
                 f"{row['ratio']:.2f}x | {here:.0f} us | {row['p50_us'] / here:.2f}x |"
             )
-        many = remote["send_many"]
-        lines.append(
-            f"send_many: {many['send_many_msgs_per_s']:,.0f} msgs/s (raw pipelined "
-            f"{many['raw_pipeline_msgs_per_s']:,.0f} msgs/s; {many['ratio']:.2f}x)"
-        )
+        lines.append(_send_many_line("send_many", remote["send_many"]))
     if "supervisor" in report:
         s = report["supervisor"]
         lines += [
