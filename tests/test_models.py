@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinytownd import Agent, InvalidMessageError, Message, Priority, Task, TaskState, hashform, wire
-from tinytownd.messages import MESSAGE_TYPES
+from tinytownd.messages import _TEXT_BODY_NAMES, MESSAGE_TYPES, _read_usual
 
 FIXTURES = Path(__file__).with_name("data") / "upstream-fixtures.tsv"
 KINDS = {"message": Message, "agent": Agent, "task": Task}
@@ -403,3 +403,48 @@ def test_the_usual_message_is_written_from_its_template() -> None:
     assert Message.confirmation(A, B, "received")._usual_json() is None
     assert replace(Message.ping(A, B), extra={"newer": 1})._usual_json() is None
     assert replace(Message.ping(A, B), body={"priority": "x"})._usual_json() is None
+
+
+# -- the template reader (the usual message as both writers emit it) ------------------
+
+
+def _checked(text: str | bytes) -> Message | str:
+    try:
+        return Message.from_dict(wire.load(text, "message"))
+    except InvalidMessageError as err:
+        return str(err)
+
+
+def test_the_template_reader_takes_every_usual_upstream_message_as_the_checker_reads_it() -> None:
+    texts = [text.strip() for kind, text in upstream_documents() if kind == "message"]
+    taken = 0
+    for text in texts:
+        usual = _read_usual(Message, text.encode())
+        if json.loads(text)["type"] in _TEXT_BODY_NAMES:
+            assert usual is not None, text  # exactly the form the Rust tinytown writes
+        if usual is not None:
+            taken += 1
+            assert usual == _checked(text)
+    assert taken >= 10
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_CREATED, st.integers(0, 400), st.sampled_from(['"', "\\", " ", "x", "\x01", "é", ""]))
+def test_the_template_reader_never_reads_a_message_otherwise_than_the_checker(
+    message: Message, at: int, edit: str
+) -> None:
+    text = message.to_json()
+    for changed in (text, text[:at] + edit + text[at + 1 :], text[:at] + edit + text[at:]):
+        usual = _read_usual(Message, changed.encode(errors="surrogatepass"))
+        if usual is not None:
+            assert usual == _checked(changed)
+    if type(message.body.get("description")) is str and "\\u" not in text:
+        assert _read_usual(Message, text) == message  # the unedited text is taken
+
+
+@pytest.mark.parametrize(("field", "value"), _ODD_VALUES)
+def test_an_unusual_compact_message_reads_as_the_checker_says(field: str, value: object) -> None:
+    doc = json.loads(Message.task(A, B, 'Fix "the" bug\n').to_json())
+    doc[field] = value
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    assert _read_both_ways(text.encode())[0] == _checked(text)

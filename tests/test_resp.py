@@ -51,3 +51,29 @@ def test_text_that_is_not_text_fails_as_redis_py_fails() -> None:
         resp._pack_in_python(("RPUSH", "k", "\ud800"))
     with pytest.raises(UnicodeEncodeError):
         redis_py_packs(("RPUSH", "k", "\ud800"))
+
+
+REPEATED: list[tuple[Any, ...]] = [
+    ("LMPOP", 2, "tt:t:urgent:a", "tt:t:inbox:a", "LEFT"),
+    ("LMOVE", "tt:t:inbox:a", "tt:t:processing:a", "LEFT", "RIGHT"),
+    ("HGETALL", "tt:t:agent:é"),
+    ("LINDEX", b"tt:t:processing:a", 0),
+]
+
+
+@pytest.mark.parametrize("command", REPEATED, ids=lambda c: str(c[0]))
+def test_a_repeated_command_packs_the_same_from_memory(command: tuple[Any, ...]) -> None:
+    first = resp.pack(command)
+    assert command in resp._PACKED  # else the second pack below would test nothing
+    assert resp.pack(tuple(command)) == first == redis_py_packs(command)
+    with resp.python_packing():
+        assert resp.pack(command) == first
+
+
+def test_the_packed_commands_remembered_are_bounded_and_only_plain_ones() -> None:
+    for n in range(resp._REMEMBERED + 10):
+        resp.pack(("LLEN", f"tt:t:inbox:{n}"))
+    assert 0 < len(resp._PACKED) <= resp._REMEMBERED
+    resp.pack(("LLEN", "k", 1.5))
+    assert ("LLEN", "k", 1.5) not in resp._PACKED
+    assert resp.pack(("RPUSH", "k", "v")) and ("RPUSH", "k", "v") not in resp._PACKED
