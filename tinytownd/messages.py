@@ -321,26 +321,7 @@ class Message(Document):
             if type(value) is not str:
                 return None
             body[name] = value
-        try:
-            moment = datetime.fromisoformat(created)
-        except ValueError:
-            return None
-        if moment.tzinfo is not UTC:
-            return None  # an offset, or none: the checking path converts or refuses
-        return build(
-            cls,
-            {
-                "sender": sender,
-                "to": to,
-                "type": kind,
-                "body": body,
-                "priority": priority,
-                "id": ident,
-                "created_at": moment,
-                "correlation_id": correlation,
-                "extra": {},
-            },
-        )
+        return _usual(cls, ident, sender, to, kind, body, priority, created, correlation)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Self:
@@ -428,6 +409,23 @@ def _read_usual(cls: type[_M], raw: str | bytes) -> _M | None:
     if tail is None:
         return None
     level, created, correlation = tail.groups()
+    priority = _PRIORITIES[level]
+    return _usual(cls, ident, sender, to, kind, body, priority, created, correlation)
+
+
+def _usual(
+    cls: type[_M],
+    ident: str,
+    sender: str,
+    to: str,
+    kind: str,
+    body: dict[str, Any],
+    priority: Priority,
+    created: str,
+    correlation: str | None,
+) -> _M | None:
+    """The quick readers' message from fields they checked, if ``created`` is a UTC
+    timestamp; None otherwise."""
     try:
         moment = datetime.fromisoformat(created)
     except ValueError:
@@ -441,7 +439,7 @@ def _read_usual(cls: type[_M], raw: str | bytes) -> _M | None:
             "to": to,
             "type": kind,
             "body": body,
-            "priority": _PRIORITIES[level],
+            "priority": priority,
             "id": ident,
             "created_at": moment,
             "correlation_id": correlation,
